@@ -1,0 +1,1 @@
+"""mnist_dist: the codelab's MNIST models, trained on any tf.distribute strategy."""

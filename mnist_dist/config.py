@@ -1,0 +1,135 @@
+"""The config schema: every key a run reads, with its default, and its checks.
+
+`default_config()` is the codelab's best model (`conv_bn`); the files in
+`configs/` start from it and change what their model needs. Any key can be set
+from the command line with `--config.a.b=value`; a key that is not here is
+refused by ml_collections, so a typo never passes silently.
+"""
+
+import ml_collections
+
+MODELS = ('dense_softmax', 'dense', 'dense_dropout', 'conv', 'conv_bn')
+STRATEGIES = ('auto', 'one_device', 'mirrored', 'multi_worker_mirrored', 'tpu')
+SOURCES = ('auto', 'idx', 'tfds', 'synthetic')
+OPTIMIZERS = ('sgd', 'adam')
+PRECISIONS = ('float32', 'mixed_bfloat16', 'mixed_float16')
+JIT_COMPILE = ('auto', 'on', 'off')
+
+TRAIN_EXAMPLES = 60_000
+EVAL_EXAMPLES = 10_000
+
+
+class ConfigError(ValueError):
+  """A config value that cannot run; the message names the key."""
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Returns the full config with the defaults of `configs/conv_bn.py`."""
+  config = ml_collections.ConfigDict()
+  # One seed makes a OneDevice CPU run repeatable: weights, dropout, data order.
+  config.seed = 0
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = 'conv_bn'
+  config.model.dropout = 0.3
+  # Batch statistics over the global batch instead of each replica's share.
+  config.model.sync_batch_norm = False
+
+  config.data = ml_collections.ConfigDict()
+  config.data.source = 'auto'
+  # Folder with the four IDX files (plain or .gz; local or gs://).
+  config.data.dir = ''
+  # Where TFDS keeps its prepared data ('' is TFDS's own default).
+  config.data.tfds_dir = ''
+  # N > 0: train on the first N training examples only (quick tries, tests).
+  config.data.train_examples = 0
+  # Sizes of the random data of source=synthetic.
+  config.data.synthetic_train_examples = TRAIN_EXAMPLES
+  config.data.synthetic_eval_examples = EVAL_EXAMPLES
+
+  config.train = ml_collections.ConfigDict()
+  config.train.epochs = 10
+  config.train.global_batch_size = 64
+  # Steps per call of the compiled loop; each call ends with one log line.
+  config.train.steps_per_loop = 100
+  # Rounded up to a multiple of the replica count; padding is masked out.
+  config.train.eval_batch_size = 1000
+  config.train.precision = 'float32'
+  # XLA on the per-replica step: auto = on for TPU and GPU, off for CPU.
+  config.train.jit_compile = 'auto'
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = 'adam'
+  config.optimizer.learning_rate = 0.01
+  # lr = learning_rate * decay_rate ** epoch; 1.0 keeps it constant.
+  config.optimizer.decay_rate = 0.666
+  # True: the rate changes at epoch boundaries (the codelab); False: per step.
+  config.optimizer.staircase = True
+
+  config.distribution = ml_collections.ConfigDict()
+  config.distribution.strategy = 'auto'
+  # N > 0: Mirrored over N logical CPU devices, to try multi-replica on a CPU.
+  config.distribution.cpu_devices = 0
+  # For strategy=tpu: 'local' (a TPU VM), a TPU name, or grpc://host:port.
+  config.distribution.tpu = 'local'
+  return config
+
+
+def _check_choice(value, choices, key):
+  if value not in choices:
+    raise ConfigError(
+        f'{key}={value!r} is not one of: {", ".join(choices)}')
+
+
+def _check_positive(value, key):
+  if not isinstance(value, (int, float)) or value <= 0:
+    raise ConfigError(f'{key}={value!r} must be a positive number')
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the first key whose value cannot run.
+
+  Checks that need the strategy (the batch against the replica count, the
+  loop against the epoch) are in `check_against_run`.
+  """
+  _check_choice(config.model.name, MODELS, 'model.name')
+  _check_choice(config.distribution.strategy, STRATEGIES,
+                'distribution.strategy')
+  _check_choice(config.data.source, SOURCES, 'data.source')
+  _check_choice(config.optimizer.name, OPTIMIZERS, 'optimizer.name')
+  _check_choice(config.train.precision, PRECISIONS, 'train.precision')
+  _check_choice(config.train.jit_compile, JIT_COMPILE, 'train.jit_compile')
+  for key in ('train.epochs', 'train.global_batch_size', 'train.steps_per_loop',
+              'train.eval_batch_size', 'optimizer.learning_rate',
+              'optimizer.decay_rate', 'data.synthetic_train_examples',
+              'data.synthetic_eval_examples'):
+    section, name = key.split('.')
+    _check_positive(config[section][name], key)
+  if not 0 <= config.model.dropout < 1:
+    raise ConfigError(f'model.dropout={config.model.dropout} must be in [0, 1)')
+  if config.data.train_examples < 0:
+    raise ConfigError('data.train_examples must be >= 0 (0: all)')
+  if config.distribution.cpu_devices < 0:
+    raise ConfigError('distribution.cpu_devices must be >= 0')
+  if config.distribution.cpu_devices and config.distribution.strategy not in (
+      'auto', 'mirrored'):
+    raise ConfigError(
+        'distribution.cpu_devices is for strategy auto or mirrored, not '
+        f'{config.distribution.strategy!r}')
+
+
+def check_against_run(config, *, num_replicas: int,
+                      steps_per_epoch: int) -> None:
+  """Checks the config against the strategy and the data it will run on."""
+  batch = config.train.global_batch_size
+  if batch % num_replicas:
+    raise ConfigError(
+        f'train.global_batch_size={batch} is not divisible by the '
+        f'{num_replicas} replicas')
+  if steps_per_epoch < 1:
+    raise ConfigError(
+        f'train.global_batch_size={batch} is larger than the training set')
+  if config.train.steps_per_loop > steps_per_epoch:
+    raise ConfigError(
+        f'train.steps_per_loop={config.train.steps_per_loop} is larger than an '
+        f'epoch ({steps_per_epoch} steps)')

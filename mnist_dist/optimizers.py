@@ -1,0 +1,32 @@
+"""The optimizer and its exponential learning-rate schedule."""
+
+import keras
+
+
+def learning_rate_schedule(
+    optimizer_config, *, steps_per_epoch: int
+) -> keras.optimizers.schedules.LearningRateSchedule:
+  """lr(step) = learning_rate * decay_rate ** (step / steps_per_epoch).
+
+  With staircase (the codelab's per-epoch decay) the exponent is the whole
+  epoch number, so every step of epoch e uses learning_rate * decay_rate**e.
+  """
+  return keras.optimizers.schedules.ExponentialDecay(
+      optimizer_config.learning_rate,
+      decay_steps=steps_per_epoch,
+      decay_rate=optimizer_config.decay_rate,
+      staircase=optimizer_config.staircase)
+
+
+def create_optimizer(optimizer_config, *, steps_per_epoch: int,
+                     precision: str) -> keras.optimizers.Optimizer:
+  """Builds the optimizer; call it inside the strategy's scope."""
+  schedule = learning_rate_schedule(optimizer_config,
+                                    steps_per_epoch=steps_per_epoch)
+  optimizer_class = {'sgd': keras.optimizers.SGD,
+                     'adam': keras.optimizers.Adam}[optimizer_config.name]
+  optimizer = optimizer_class(learning_rate=schedule)
+  if precision == 'mixed_float16':
+    # float16 gradients underflow without a dynamic loss scale.
+    optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+  return optimizer

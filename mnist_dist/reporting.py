@@ -1,0 +1,54 @@
+"""What a run tells its user: a log line per loop and metrics.jsonl."""
+
+import json
+import os
+
+import tensorflow as tf
+
+METRICS_FILE = 'metrics.jsonl'
+
+
+def format_duration(seconds: float) -> str:
+  seconds = int(round(seconds))
+  hours, rest = divmod(seconds, 3600)
+  minutes, seconds = divmod(rest, 60)
+  if hours:
+    return f'{hours}h{minutes:02d}m'
+  return f'{minutes}m{seconds:02d}s' if minutes else f'{seconds}s'
+
+
+def loop_line(*, step: int, total_steps: int, epoch: int, epochs: int,
+              loss: float, accuracy: float, learning_rate: float,
+              examples_per_s: float, eta_s: float) -> str:
+  """One concise, greppable line per training loop."""
+  return (f'step {step}/{total_steps} epoch {epoch}/{epochs} | '
+          f'loss {loss:.4f} accuracy {accuracy:.2%} | '
+          f'lr {learning_rate:.3g} | {examples_per_s:,.0f} examples/s | '
+          f'ETA {format_duration(eta_s)}')
+
+
+class MetricsWriter:
+  """Writes one JSON object per evaluation to WORKDIR/metrics.jsonl.
+
+  The file is rewritten whole on every record (it holds one line per epoch),
+  which works the same on local disks and on gs://, where appending does not.
+  """
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, METRICS_FILE)
+    tf.io.gfile.makedirs(workdir)
+    self.records = read_metrics(workdir)
+
+  def write(self, record: dict) -> None:
+    self.records.append(record)
+    with tf.io.gfile.GFile(self.path, 'w') as f:
+      f.write(''.join(json.dumps(r) + '\n' for r in self.records))
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """The records of WORKDIR/metrics.jsonl, oldest first ([] if none)."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not tf.io.gfile.exists(path):
+    return []
+  with tf.io.gfile.GFile(path) as f:
+    return [json.loads(line) for line in f if line.strip()]

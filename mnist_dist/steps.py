@@ -1,0 +1,102 @@
+"""The inner loops: compiled functions that run many steps per call.
+
+A per-replica step runs under `strategy.run` on every replica at once. The
+loops around it are `tf.function`s that take the step count as a tensor, so one
+trace serves every loop length, and they return sums reduced over replicas:
+(loss sum, correct predictions, examples). Sums, not means, because sums add
+up exactly across replicas, loops and epochs; the controller divides once.
+"""
+
+from typing import Callable
+
+import keras
+import tensorflow as tf
+
+SUM = tf.distribute.ReduceOp.SUM
+
+
+def _totals(labels, logits, per_example_loss, weights=None):
+  """[loss sum, correct, examples] of one replica's batch (masked by weights)."""
+  correct = tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32),
+                             labels), tf.float32)
+  if weights is None:
+    weights = tf.ones_like(correct)
+  return tf.stack([tf.reduce_sum(per_example_loss * weights),
+                   tf.reduce_sum(correct * weights),
+                   tf.reduce_sum(weights)])
+
+
+def _per_example_loss(labels, logits):
+  # From logits: the log-softmax inside is stable where softmax-then-log is not.
+  return tf.nn.sparse_softmax_cross_entropy_with_logits(
+      labels, tf.cast(logits, tf.float32))
+
+
+def make_train_loop(*, strategy: tf.distribute.Strategy, model: keras.Model,
+                    optimizer: keras.optimizers.Optimizer,
+                    global_batch_size: int,
+                    jit_compile: bool) -> Callable[..., tf.Tensor]:
+  """Returns train_loop(iterator, num_steps) -> summed [loss, correct, count].
+
+  The loss each replica differentiates is its per-example losses summed and
+  divided by the *global* batch size, so that the optimizer's all-reduce (a
+  sum over replicas) yields the gradient of the mean over the global batch,
+  whatever the replica count. Regularization losses, which every replica
+  computes in full, are divided by the replica count for the same reason.
+  The reported loss is the unscaled per-example loss.
+  """
+
+  def forward_backward(images, labels):
+    with tf.GradientTape() as tape:
+      logits = model(images, training=True)
+      per_example_loss = _per_example_loss(labels, logits)
+      loss = tf.nn.compute_average_loss(per_example_loss,
+                                        global_batch_size=global_batch_size)
+      if model.losses:
+        loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+      scaled_loss = optimizer.scale_loss(loss)  # Loss scaling for float16.
+    gradients = tape.gradient(scaled_loss, model.trainable_variables)
+    return gradients, _totals(labels, logits, per_example_loss)
+
+  if jit_compile:
+    # XLA compiles the forward and backward pass; the all-reduce and update
+    # stay outside, where every strategy supports them.
+    forward_backward = tf.function(forward_backward, jit_compile=True)
+
+  def train_step(images, labels):
+    gradients, totals = forward_backward(images, labels)
+    optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+    return totals
+
+  @tf.function
+  def train_loop(iterator, num_steps):
+    totals = tf.zeros([3])
+    for _ in tf.range(num_steps):
+      per_replica = strategy.run(train_step, args=next(iterator))
+      totals += strategy.reduce(SUM, per_replica, axis=None)
+    return totals
+
+  return train_loop
+
+
+def make_eval_loop(*, strategy: tf.distribute.Strategy, model: keras.Model,
+                   num_steps: int) -> Callable[..., tf.Tensor]:
+  """Returns eval_loop(iterator) -> summed [loss, correct, count] of one pass.
+
+  The eval batches carry a weight per example, 0 for padding, so the count is
+  exactly the number of real test examples.
+  """
+
+  def eval_step(images, labels, weights):
+    logits = model(images, training=False)
+    return _totals(labels, logits, _per_example_loss(labels, logits), weights)
+
+  @tf.function
+  def eval_loop(iterator):
+    totals = tf.zeros([3])
+    for _ in tf.range(num_steps):
+      per_replica = strategy.run(eval_step, args=next(iterator))
+      totals += strategy.reduce(SUM, per_replica, axis=None)
+    return totals
+
+  return eval_loop

@@ -1,0 +1,116 @@
+"""Picks the tf.distribute strategy a run trains under.
+
+Call `create_strategy` before anything else touches TensorFlow's devices:
+splitting the CPU into logical devices (distribution.cpu_devices) is only
+possible before TensorFlow initialises them.
+"""
+
+import functools
+import glob
+import os
+
+from absl import logging
+import tensorflow as tf
+
+from mnist_dist.config import ConfigError
+
+
+def _tpu_host() -> bool:
+  """True on a TPU VM (its chips are /dev/accel* or vfio) or with TPU_NAME."""
+  return bool(glob.glob('/dev/accel[0-9]*') or glob.glob('/dev/vfio/[0-9]*')
+              or os.environ.get('TPU_NAME'))
+
+
+def _tpu_strategy(tpu: str) -> tf.distribute.TPUStrategy:
+  try:
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+  except (ValueError, tf.errors.OpError) as e:
+    message = str(e).strip().splitlines()[0]
+    raise ConfigError(
+        f'distribution.strategy=tpu: no TPU reachable at '
+        f'distribution.tpu={tpu!r} ({message}). On a TPU VM use tpu=local; '
+        'elsewhere give the TPU name or grpc://host:port, or pick another '
+        'strategy') from e
+  return tf.distribute.TPUStrategy(resolver)
+
+
+def _logical_cpus(count: int) -> list[str]:
+  """Splits the CPU into `count` logical devices (or reuses an earlier split)."""
+  cpu = tf.config.list_physical_devices('CPU')[0]
+  try:
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+  except RuntimeError:  # Already initialised: usable if the split is enough.
+    pass
+  devices = [d.name for d in tf.config.list_logical_devices('CPU')]
+  if len(devices) < count:
+    raise ConfigError(
+        f'distribution.cpu_devices={count}, but TensorFlow was initialised '
+        f'with {len(devices)} CPU devices before the strategy was created')
+  return devices[:count]
+
+
+@functools.cache
+def _make_strategy(name: str, *, devices: tuple[str, ...] | None, tpu: str,
+                   gpu: bool) -> tf.distribute.Strategy:
+  """One strategy per process and setting, as TensorFlow expects.
+
+  A second MirroredStrategy in the same process reuses collective keys of the
+  first and fails with "Shape mismatch in the collective instance" (a known
+  TF issue); a TPU system and a multi-worker cluster are set up only once.
+  """
+  if name == 'tpu':
+    return _tpu_strategy(tpu)
+  if name == 'multi_worker_mirrored':
+    # Cluster membership comes from TF_CONFIG, as TensorFlow defines it.
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  if name == 'mirrored':
+    return tf.distribute.MirroredStrategy(devices and list(devices))
+  return tf.distribute.OneDeviceStrategy('/gpu:0' if gpu else '/cpu:0')
+
+
+def create_strategy(distribution_config) -> tf.distribute.Strategy:
+  """Returns the strategy named by config.distribution.
+
+  auto: TPU on a TPU host, Mirrored over all GPUs when there are several,
+  Mirrored over logical CPUs when cpu_devices is set, else OneDevice.
+  """
+  name = distribution_config.strategy
+  cpu_devices = distribution_config.cpu_devices
+  gpus = tf.config.list_physical_devices('GPU')
+  if name == 'auto':
+    if _tpu_host():
+      name = 'tpu'
+    elif len(gpus) > 1 or cpu_devices:
+      name = 'mirrored'
+    else:
+      name = 'one_device'
+
+  devices = tuple(_logical_cpus(cpu_devices)) if (
+      name == 'mirrored' and cpu_devices) else None
+  strategy = _make_strategy(name, devices=devices,
+                            tpu=distribution_config.tpu,
+                            gpu=bool(gpus))
+  logging.info('Strategy: %s with %d replicas', type(strategy).__name__,
+               strategy.num_replicas_in_sync)
+  return strategy
+
+
+def device_kind(strategy: tf.distribute.Strategy) -> str:
+  """'TPU', 'GPU' or 'CPU': the kind of device the replicas run on."""
+  if isinstance(strategy, tf.distribute.TPUStrategy):
+    return 'TPU'
+  device = strategy.extended.worker_devices[0]
+  return tf.DeviceSpec.from_string(device).device_type or 'CPU'
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+  """True on the one worker that writes logs, metrics and exports."""
+  resolver = strategy.cluster_resolver
+  if resolver is None or not resolver.task_type:
+    return True
+  return (resolver.task_type == 'chief' or
+          (resolver.task_type == 'worker' and resolver.task_id == 0 and
+           'chief' not in resolver.cluster_spec().as_dict()))

@@ -1,0 +1,62 @@
+"""Shared fixtures. Splits the CPU into 3 logical devices before TF starts,
+so that one test process can train on 1, 2 and 3 replicas."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import tensorflow as tf
+
+NUM_LOGICAL_CPUS = 3
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MNIST_DIR = os.path.join(os.path.dirname(__file__), '..', '..', 'shared',
+                         'mnist')
+
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices('CPU')[0],
+    [tf.config.LogicalDeviceConfiguration()] * NUM_LOGICAL_CPUS)
+
+
+@pytest.fixture
+def mnist_dir():
+  """The real MNIST IDX files (../shared/mnist), or a skip saying why not."""
+  path = os.environ.get('MNIST_DIR', MNIST_DIR)
+  if not os.path.exists(os.path.join(path, 't10k-labels-idx1-ubyte.gz')):
+    pytest.skip(f'the real MNIST is not at {path} (set MNIST_DIR)')
+  return path
+
+
+def small_config(overrides=None):
+  """A config on small synthetic data that trains in seconds.
+
+  overrides: {dotted key: value}, e.g. small_config({'model.name': 'conv'}).
+  """
+  from mnist_dist import config as config_lib
+  config = config_lib.default_config()
+  config.data.source = 'synthetic'
+  config.data.synthetic_train_examples = 1024
+  config.data.synthetic_eval_examples = 1000
+  config.train.epochs = 1
+  config.train.global_batch_size = 64
+  config.train.steps_per_loop = 8
+  config.train.eval_batch_size = 300
+  for key, value in (overrides or {}).items():
+    *sections, name = key.split('.')
+    node = config
+    for section in sections:
+      node = node[section]
+    node[name] = value
+  return config
+
+
+def run_main(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+  """Runs `python -m mnist_dist.main ARGS` in a fresh process, as a user would.
+
+  A process of its own: one process can hold only one split of the CPU into
+  logical devices, and TF's collectives break when one process creates
+  MirroredStrategies over different device sets.
+  """
+  return subprocess.run(
+      [sys.executable, '-m', 'mnist_dist.main', *args], cwd=ROOT,
+      capture_output=True, text=True, timeout=timeout, check=False)
