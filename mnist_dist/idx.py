@@ -52,20 +52,22 @@ def _read_bytes(path: str) -> bytes:
 def read_idx(path: str, *, magic: int) -> np.ndarray:
   """Reads one IDX file of uint8 values; checks its magic number and size."""
   raw = _read_bytes(path)
+  found = struct.unpack('>i', raw[:4])[0] if len(raw) >= 4 else None
+  if found != magic:
+    shown = 'none' if found is None else f'{found} (0x{found:08x})'
+    raise DataError(
+        f'{path}: wrong magic number {shown}, expected {magic} '
+        f'(0x{magic:08x}); is this the right file?')
   ndim = magic & 0xFF
   header_size = 4 * (1 + ndim)
   if len(raw) < header_size:
     raise DataError(
         f'{path}: truncated header ({len(raw)} bytes, expected {header_size})')
-  found, *dims = struct.unpack(f'>{1 + ndim}i', raw[:header_size])
-  if found != magic:
-    raise DataError(
-        f'{path}: wrong magic number {found} (0x{found:08x}), expected '
-        f'{magic} (0x{magic:08x}); is this the right file?')
+  dims = struct.unpack(f'>{ndim}i', raw[4:header_size])
   expected = header_size + int(np.prod(dims))
   if len(raw) != expected:
     raise DataError(
-        f'{path}: {len(raw)} bytes, but its header {dims} says {expected}; '
+        f'{path}: {len(raw)} bytes, but its header {list(dims)} says {expected}; '
         'the file is truncated or has trailing data')
   return np.frombuffer(raw, np.uint8, offset=header_size).reshape(dims)
 

@@ -36,13 +36,16 @@ class Split:
 def _load_tfds(split: str, data_dir: str) -> Split:
   import tensorflow_datasets as tfds  # Only this source needs it.
   try:
-    images, labels = tfds.as_numpy(tfds.load(
-        'mnist', split=split, batch_size=-1, as_supervised=True,
-        data_dir=data_dir or None))
+    dataset = tfds.load('mnist', split=split, as_supervised=True,
+                        data_dir=data_dir or None)
+    # batch_size=-1 in tfds.load aborts the process under tfds.testing.
+    batches = list(dataset.batch(1 << 16).as_numpy_iterator())
   except Exception as e:  # TFDS raises many kinds; all mean "no data".
     raise idx.DataError(
         f'tfds mnist/{split}: cannot load ({type(e).__name__}: {e}); to read '
         'the IDX files instead, pass --config.data.dir=FOLDER') from e
+  images = np.concatenate([images for images, _ in batches])
+  labels = np.concatenate([labels for _, labels in batches])
   return Split(images[..., 0], labels.astype(np.uint8))
 
 

@@ -1,6 +1,7 @@
 """Shared fixtures. Splits the CPU into 3 logical devices before TF starts,
 so that one test process can train on 1, 2 and 3 replicas."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -60,3 +61,12 @@ def run_main(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
   return subprocess.run(
       [sys.executable, '-m', 'mnist_dist.main', *args], cwd=ROOT,
       capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def load_config(name: str):
+  """get_config() of configs/NAME.py, loaded from its file as main does."""
+  path = os.path.join(ROOT, 'configs', name + '.py')
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()

@@ -1,0 +1,86 @@
+"""The five configs hold the codelab's recipes and build its architectures."""
+
+import keras
+import pytest
+
+from conftest import load_config
+from mnist_dist import config as config_lib
+from mnist_dist import models
+
+# config: (batch, optimizer, lr, decay per epoch, trainable parameters,
+#          layer kinds after the input scaling, logits excluded)
+LADDER = {
+    'dense_softmax': (128, 'sgd', 0.01, 1.0, 7_850, ['Flatten']),
+    'dense': (128, 'adam', 0.001, 1.0, 169_670,
+              ['Flatten', 'Dense', 'Dense']),
+    'dense_dropout': (128, 'adam', 0.01, 0.6, 183_770,
+                      ['Flatten'] + ['Dense', 'Dropout'] * 3),
+    'conv': (128, 'adam', 0.01, 0.6, 354_002,
+             ['Reshape', 'Conv2D', 'Conv2D', 'Conv2D', 'Flatten', 'Dense']),
+    'conv_bn': (64, 'adam', 0.01, 0.666, 354_002,
+                ['Reshape'] + ['Conv2D', 'BatchNormalization',
+                               'Activation'] * 3 +
+                ['Flatten', 'Dense', 'BatchNormalization', 'Activation',
+                 'Dropout']),
+}
+
+
+@pytest.mark.parametrize('name', sorted(LADDER))
+def test_config_matches_the_codelab(name):
+  batch, optimizer, lr, decay, parameters, kinds = LADDER[name]
+  config = load_config(name)
+  config_lib.validate(config)
+  assert config.model.name == name
+  assert config.train.epochs == 10
+  assert config.train.global_batch_size == batch
+  assert config.optimizer.name == optimizer
+  assert config.optimizer.learning_rate == lr
+  assert config.optimizer.decay_rate == decay
+  model = models.create_model(config.model)
+  assert sum(keras.ops.size(w) for w in model.trainable_weights) == parameters
+  layers = [type(layer).__name__ for layer in model.layers]
+  assert layers == ['Rescaling', *kinds, 'Dense']
+  assert model.layers[-1].dtype_policy.compute_dtype == 'float32'
+
+
+def test_conv_bn_is_the_default_and_uses_dropout_0_3():
+  config = load_config('conv_bn')
+  assert config == config_lib.default_config()
+  assert config.model.dropout == 0.3
+  assert load_config('dense_dropout').model.dropout == 0.25
+
+
+def test_logits_stay_float32_under_mixed_precision():
+  keras.mixed_precision.set_global_policy('mixed_bfloat16')
+  try:
+    model = models.create_model(load_config('conv_bn').model)
+    assert model.layers[1].compute_dtype == 'bfloat16'
+    assert model(keras.ops.zeros((2, 28, 28), 'uint8')).dtype == 'float32'
+  finally:
+    keras.mixed_precision.set_global_policy('float32')
+
+
+@pytest.mark.parametrize('key,value,message', [
+    ('model.name', 'resnet', "model.name='resnet' is not one of"),
+    ('distribution.strategy', 'parameter_server', 'is not one of'),
+    ('train.global_batch_size', 0, 'must be a positive number'),
+    ('train.epochs', -1, 'must be a positive number'),
+    ('model.dropout', 1.0, 'must be in'),
+])
+def test_bad_values_are_refused_by_name(key, value, message):
+  config = config_lib.default_config()
+  section, name = key.split('.')
+  config[section][name] = value
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.validate(config)
+
+
+@pytest.mark.parametrize('replicas,steps_per_epoch,message', [
+    (3, 937, 'not divisible by the 3 replicas'),
+    (1, 50, 'larger than an epoch'),
+])
+def test_run_checks(replicas, steps_per_epoch, message):
+  config = config_lib.default_config()
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.check_against_run(config, num_replicas=replicas,
+                                 steps_per_epoch=steps_per_epoch)

@@ -1,0 +1,115 @@
+"""The IDX reader on the real files and on every way a file can be broken."""
+
+import gzip
+import hashlib
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from mnist_dist import idx
+
+
+def test_reads_the_real_mnist(mnist_dir):
+  train_images, train_labels = idx.load_split(mnist_dir, 'train')
+  test_images, test_labels = idx.load_split(mnist_dir, 'test')
+  assert train_images.shape == (60_000, 28, 28)
+  assert test_images.shape == (10_000, 28, 28)
+  assert train_images.dtype == np.uint8 and train_labels.dtype == np.uint8
+  assert list(train_labels[:10]) == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
+  assert list(test_labels[:10]) == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+  assert np.bincount(test_labels).tolist() == [
+      980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+  # The md5 of the uncompressed labels file (shared/mnist/README.md).
+  with gzip.open(os.path.join(mnist_dir, 't10k-labels-idx1-ubyte.gz')) as f:
+    assert hashlib.md5(f.read()).hexdigest() == (
+        '27ae3e4e09519cfbb04c329615203637')
+
+
+def _write_idx(path, array, magic, *, compress=False, cut=0):
+  data = struct.pack(f'>{1 + array.ndim}i', magic, *array.shape)
+  data += array.astype(np.uint8).tobytes()
+  data = data[:len(data) - cut]
+  with open(path, 'wb') as f:
+    f.write(gzip.compress(data) if compress else data)
+
+
+@pytest.fixture
+def good_dir(tmp_path):
+  """A folder of tiny valid IDX files: 6 train and 4 test examples."""
+  rng = np.random.default_rng(0)
+  for split, count in (('train', 6), ('test', 4)):
+    images_name, labels_name = idx.FILES[split]
+    _write_idx(tmp_path / (images_name + '.gz'),
+               rng.integers(0, 256, (count, 28, 28)), idx.IMAGES_MAGIC,
+               compress=True)
+    _write_idx(tmp_path / labels_name, rng.integers(0, 10, count),
+               idx.LABELS_MAGIC)  # Plain, not gzipped: both are accepted.
+  return tmp_path
+
+
+def test_reads_plain_and_gzipped_files(good_dir):
+  images, labels = idx.load_split(str(good_dir), 'train')
+  assert images.shape == (6, 28, 28) and labels.shape == (6,)
+
+
+def _break(good_dir, name, **kwargs):
+  """Rewrites one file of good_dir; returns its path."""
+  for candidate in (name, name + '.gz'):
+    if (good_dir / candidate).exists():
+      os.remove(good_dir / candidate)
+  path = good_dir / name
+  defaults = {'array': np.zeros(4, np.uint8), 'magic': idx.LABELS_MAGIC}
+  _write_idx(path, **{**defaults, **kwargs})
+  return str(path)
+
+
+@pytest.mark.parametrize('damage,message', [
+    ({'cut': 100}, 'truncated or has trailing data'),
+    ({'array': np.zeros(6), 'magic': 0x1234}, 'wrong magic number 4660'),
+    ({'array': np.zeros((0,)), 'cut': 2}, 'truncated header'),
+    ({'array': np.zeros((0,)), 'cut': 7}, 'wrong magic number none'),
+])
+def test_broken_images_file_is_named(good_dir, damage, message):
+  name = idx.FILES['test'][0]
+  kwargs = {'array': np.zeros((4, 28, 28)), 'magic': idx.IMAGES_MAGIC,
+            **damage}
+  path = _break(good_dir, name, **kwargs)
+  with pytest.raises(idx.DataError, match=message) as error:
+    idx.load_split(str(good_dir), 'test')
+  assert path in str(error.value)
+
+
+def test_labels_with_images_magic_are_refused(good_dir):
+  path = _break(good_dir, idx.FILES['test'][1], array=np.zeros((4, 28, 28)),
+                magic=idx.IMAGES_MAGIC)
+  with pytest.raises(idx.DataError, match=f'{path}: wrong magic number 2051'):
+    idx.load_split(str(good_dir), 'test')
+
+
+def test_count_mismatch_is_named(good_dir):
+  _break(good_dir, idx.FILES['test'][1], array=np.zeros(3))
+  with pytest.raises(idx.DataError, match='holds 4 images but .* holds 3'):
+    idx.load_split(str(good_dir), 'test')
+
+
+def test_label_out_of_range_is_named(good_dir):
+  _break(good_dir, idx.FILES['test'][1], array=np.array([1, 2, 12, 3]))
+  with pytest.raises(idx.DataError, match='label 12 at index 2 is outside'):
+    idx.load_split(str(good_dir), 'test')
+
+
+def test_truncated_gzip_is_named(good_dir):
+  path = good_dir / (idx.FILES['train'][0] + '.gz')
+  path.write_bytes(path.read_bytes()[:200])
+  with pytest.raises(idx.DataError, match='corrupt or truncated gzip'):
+    idx.load_split(str(good_dir), 'train')
+
+
+def test_missing_file_and_folder_are_named(good_dir):
+  os.remove(good_dir / idx.FILES['test'][1])
+  with pytest.raises(idx.DataError, match='t10k-labels-idx1-ubyte.*no such file'):
+    idx.load_split(str(good_dir), 'test')
+  with pytest.raises(idx.DataError, match='no such folder'):
+    idx.load_split(str(good_dir / 'nope'), 'test')

@@ -1,0 +1,121 @@
+"""The input order and sharding that make runs comparable and resumable."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from conftest import small_config
+from mnist_dist import idx
+from mnist_dist import input_pipeline
+
+
+def _indexed_split(num_examples):
+  """A split whose image i holds i in its first two pixels, to trace examples."""
+  images = np.zeros((num_examples, 28, 28), np.uint8)
+  images[:, 0, 0] = np.arange(num_examples) % 256
+  images[:, 0, 1] = np.arange(num_examples) // 256
+  return input_pipeline.Split(images, np.arange(num_examples) % 10)
+
+
+def _ids(images):
+  images = np.asarray(images).astype(np.int64)
+  return images[:, 0, 0] + 256 * images[:, 0, 1]
+
+
+def _global_batches(dataset_fn, *, pipelines, replicas, steps, **kwargs):
+  """Assembles the first `steps` global batches from every pipeline's output."""
+  per_pipeline = []
+  for pipeline_id in range(pipelines):
+    context = tf.distribute.InputContext(
+        num_input_pipelines=pipelines, input_pipeline_id=pipeline_id,
+        num_replicas_in_sync=replicas)
+    dataset = dataset_fn(context, **kwargs)
+    local = replicas // pipelines
+    per_pipeline.append(list(dataset.take(steps * local).as_numpy_iterator()))
+  batches = []
+  for step in range(steps):
+    parts = [p[step * (replicas // pipelines) + r] for p in per_pipeline
+             for r in range(replicas // pipelines)]
+    batches.append(tuple(np.concatenate(x) for x in zip(*parts)))
+  return batches
+
+
+@pytest.mark.parametrize('pipelines,replicas', [(1, 2), (1, 3), (2, 2), (3, 6)])
+def test_global_batch_is_the_same_for_any_topology(pipelines, replicas):
+  split = _indexed_split(100)
+  kwargs = dict(split=split, global_batch_size=12, seed=7, steps=20)
+  reference = _global_batches(input_pipeline.train_dataset, pipelines=1,
+                              replicas=1, **kwargs)
+  sharded = _global_batches(input_pipeline.train_dataset, pipelines=pipelines,
+                            replicas=replicas, **kwargs)
+  for (ref_images, ref_labels), (images, labels) in zip(reference, sharded):
+    np.testing.assert_array_equal(ref_images, images)
+    np.testing.assert_array_equal(ref_labels, labels)
+
+
+def test_each_epoch_is_a_seeded_permutation():
+  split = _indexed_split(96)
+  batches = _global_batches(input_pipeline.train_dataset, pipelines=1,
+                            replicas=1, split=split, global_batch_size=32,
+                            seed=3, steps=6)
+  ids = np.concatenate([_ids(images) for images, _ in batches])
+  first, second = ids[:96], ids[96:]
+  assert sorted(first) == sorted(second) == list(range(96))
+  assert list(first) != list(second) != list(range(96))
+  other_seed = _global_batches(input_pipeline.train_dataset, pipelines=1,
+                               replicas=1, split=split, global_batch_size=32,
+                               seed=4, steps=3)
+  assert list(np.concatenate([_ids(i) for i, _ in other_seed])) != list(first)
+
+
+def test_start_step_continues_the_same_stream():
+  # 100 examples, batch 12: batches straddle epoch boundaries.
+  split = _indexed_split(100)
+  kwargs = dict(pipelines=1, replicas=2, split=split, global_batch_size=12,
+                seed=5)
+  uninterrupted = _global_batches(input_pipeline.train_dataset, steps=30,
+                                  **kwargs)
+  resumed = _global_batches(input_pipeline.train_dataset, steps=13,
+                            start_step=17, **kwargs)
+  for expected, got in zip(uninterrupted[17:], resumed, strict=True):
+    np.testing.assert_array_equal(_ids(expected[0]), _ids(got[0]))
+
+
+@pytest.mark.parametrize('pipelines,replicas,batch', [
+    (1, 1, 300), (1, 3, 300), (2, 4, 64), (1, 2, 10_000)])
+def test_eval_covers_each_example_once(pipelines, replicas, batch):
+  split = _indexed_split(1_001)
+  steps = input_pipeline.eval_steps(len(split), batch)
+  batches = _global_batches(input_pipeline.eval_dataset, pipelines=pipelines,
+                            replicas=replicas, steps=steps, split=split,
+                            global_batch_size=batch)
+  ids = np.concatenate([_ids(images)[weights > 0]
+                        for images, _, weights in batches])
+  assert sorted(ids) == list(range(1_001))
+  labels = np.concatenate([l[w > 0] for _, l, w in batches])
+  np.testing.assert_array_equal(labels, split.labels[ids])
+
+
+def test_tfds_source_with_mock_data():
+  config = small_config({'data.source': 'tfds'})
+  with tfds.testing.mock_data(num_examples=50):
+    train, test = input_pipeline.load(config.data, seed=0)
+  assert train.images.shape == (50, 28, 28) and train.images.dtype == np.uint8
+  assert test.labels.shape == (50,) and test.labels.max() < 10
+
+
+def test_auto_source_reads_idx_when_dir_is_set_else_tfds(mnist_dir):
+  config = small_config({'data.source': 'auto', 'data.dir': mnist_dir})
+  train, _ = input_pipeline.load(config.data, seed=0)
+  assert len(train) == 60_000
+  config.data.dir = ''
+  with tfds.testing.mock_data(num_examples=7):
+    train, _ = input_pipeline.load(config.data, seed=0)
+  assert len(train) == 7
+
+
+def test_auto_source_with_a_wrong_dir_fails_instead_of_downloading(tmp_path):
+  config = small_config({'data.source': 'auto', 'data.dir': str(tmp_path)})
+  with pytest.raises(idx.DataError, match='no such file'):
+    input_pipeline.load(config.data, seed=0)

@@ -1,0 +1,29 @@
+"""The learning-rate schedule against the codelab's lr0 * rate**epoch."""
+
+import pytest
+
+from conftest import load_config
+from mnist_dist import config as config_lib
+from mnist_dist import optimizers
+
+
+@pytest.mark.parametrize('config_file,lr0,rate', [
+    ('conv_bn', 0.01, 0.666), ('conv', 0.01, 0.6), ('dense', 0.001, 1.0)])
+def test_staircase_equals_the_codelab_at_every_epoch(config_file, lr0, rate):
+  config = load_config(config_file)
+  schedule = optimizers.learning_rate_schedule(config.optimizer,
+                                               steps_per_epoch=937)
+  for epoch in range(config.train.epochs):
+    for step in (epoch * 937, epoch * 937 + 500, epoch * 937 + 936):
+      assert float(schedule(step)) == pytest.approx(lr0 * rate**epoch,
+                                                    rel=1e-6), (epoch, step)
+
+
+def test_smooth_variant_decays_within_the_epoch():
+  config = config_lib.default_config()
+  config.optimizer.staircase = False
+  schedule = optimizers.learning_rate_schedule(config.optimizer,
+                                               steps_per_epoch=100)
+  assert float(schedule(0)) == pytest.approx(0.01)
+  assert float(schedule(50)) == pytest.approx(0.01 * 0.666**0.5, rel=1e-6)
+  assert float(schedule(300)) == pytest.approx(0.01 * 0.666**3, rel=1e-6)
