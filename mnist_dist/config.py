@@ -13,6 +13,7 @@ STRATEGIES = ('auto', 'one_device', 'mirrored', 'multi_worker_mirrored', 'tpu')
 SOURCES = ('auto', 'idx', 'tfds', 'synthetic')
 OPTIMIZERS = ('sgd', 'adam')
 PRECISIONS = ('float32', 'mixed_bfloat16', 'mixed_float16')
+NONFINITE_LOSS = ('stop', 'skip')
 JIT_COMPILE = ('auto', 'on', 'off')
 
 TRAIN_EXAMPLES = 60_000
@@ -57,6 +58,15 @@ def default_config() -> ml_collections.ConfigDict:
   config.train.precision = 'float32'
   # XLA on the per-replica step: auto = on for TPU and GPU, off for CPU.
   config.train.jit_compile = 'auto'
+  # A NaN/Inf loss: 'stop' the run (exit code 3, last good checkpoint kept),
+  # or 'skip' the step (no update; counted as nonfinite_steps in metrics).
+  config.train.on_nonfinite_loss = 'stop'
+
+  # WORKDIR/checkpoints: saved every N steps (at the first loop end past each
+  # multiple), after every epoch's evaluation, and on SIGTERM/SIGINT.
+  config.checkpoint = ml_collections.ConfigDict()
+  config.checkpoint.every_steps = 500
+  config.checkpoint.keep = 3
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = 'adam'
@@ -99,10 +109,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_choice(config.optimizer.name, OPTIMIZERS, 'optimizer.name')
   _check_choice(config.train.precision, PRECISIONS, 'train.precision')
   _check_choice(config.train.jit_compile, JIT_COMPILE, 'train.jit_compile')
+  _check_choice(config.train.on_nonfinite_loss, NONFINITE_LOSS,
+                'train.on_nonfinite_loss')
   for key in ('train.epochs', 'train.global_batch_size', 'train.steps_per_loop',
               'train.eval_batch_size', 'optimizer.learning_rate',
               'optimizer.decay_rate', 'data.synthetic_train_examples',
-              'data.synthetic_eval_examples'):
+              'data.synthetic_eval_examples', 'checkpoint.every_steps',
+              'checkpoint.keep'):
     section, name = key.split('.')
     _check_positive(config[section][name], key)
   if not 0 <= config.model.dropout < 1:

@@ -74,7 +74,12 @@ def read_idx(path: str, *, magic: int) -> np.ndarray:
 
 def load_split(folder: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   """Returns (images uint8 [N, 28, 28], labels uint8 [N]) of 'train'/'test'."""
-  if not tf.io.gfile.isdir(folder):
+  try:
+    is_folder = tf.io.gfile.isdir(folder)
+  except tf.errors.OpError as e:  # gs:// without credentials, for one.
+    raise DataError(
+        f'{folder}: cannot access ({e.message.splitlines()[0]})') from e
+  if not is_folder:
     raise DataError(f'{folder}: no such folder (data.dir)')
   images_name, labels_name = FILES[split]
   images_path = find_file(folder, images_name)

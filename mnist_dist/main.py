@@ -4,8 +4,13 @@ r"""Trains one of the codelab's MNIST models on any tf.distribute strategy.
       --config.data.dir=/path/to/mnist
 
 Any config value can be overridden with --config.a.b=value; see
-mnist_dist/config.py for every key. A bad config or bad data ends the run
-before training with one line naming the problem and exit code 2.
+mnist_dist/config.py for every key. Running the same command again resumes
+from the workdir's latest checkpoint.
+
+Exit codes: 0 done; 2 bad config or data (one line says what, before any
+training); 3 the loss became NaN or infinite (the last good checkpoint is
+kept); 75 stopped by SIGTERM or SIGINT after saving a checkpoint (run again
+to resume); 128+N a second signal N, which exits at once.
 """
 
 import os
@@ -13,41 +18,91 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from mnist_dist import config as config_lib
 from mnist_dist import idx
+from mnist_dist import interrupts
 from mnist_dist import train
 
 EXIT_BAD_INPUT = 2
+EXIT_NONFINITE_LOSS = 3
 
 _DEFAULT_CONFIG = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs',
     'conv_bn.py')
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    'config', _DEFAULT_CONFIG, 'Path to a config file in configs/.',
-    lock_config=True)
-flags.DEFINE_string('workdir', None,
-                    'Where checkpoints, metrics.jsonl and exports go '
-                    '(local or gs://).')
-flags.mark_flags_as_required(['workdir'])
+# ml_collections raises these, not flags.Error, for an unknown config key, a
+# value of the wrong type or a config file it cannot load.
+_BAD_FLAG_ERRORS = (flags.Error, AttributeError, KeyError, TypeError,
+                    ValueError, OSError)
+
+
+def _define_flags():
+  # Defined here, not at import: declaring the config flag already applies
+  # the command line's --config.x overrides to the default config.
+  config_flags.DEFINE_config_file(
+      'config', _DEFAULT_CONFIG, 'Path to a config file in configs/.',
+      lock_config=True)
+  flags.DEFINE_string('workdir', None,
+                      'Where config.json, checkpoints/ and metrics.jsonl go '
+                      '(local or gs://); the same workdir resumes a run.')
+  flags.mark_flags_as_required(['workdir'])
+
+
+def _fail(message: str, code: int):
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(code)
+
+
+def _fail_on_flag(error: Exception):
+  if isinstance(error, (AttributeError, KeyError)):
+    while isinstance(error.args[0], BaseException):  # KeyError in AttributeError.
+      error = error.args[0]
+    _fail(f'unknown config key {error.args[0]}'.replace('\n', ' '),
+          EXIT_BAD_INPUT)
+  _fail(' '.join(str(error).split()), EXIT_BAD_INPUT)
+
+
+def _parse_flags(argv):
+  """absl's parser, with a bad flag or config key as one line and exit 2."""
+  try:
+    return FLAGS(argv)
+  except _BAD_FLAG_ERRORS as e:
+    _fail_on_flag(e)
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+    _fail(f'unexpected arguments: {" ".join(argv[1:])}', EXIT_BAD_INPUT)
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    config = FLAGS.config
+    # A config file that failed to load raises only when first used.
+    config_lib.validate(config)
+  except config_lib.ConfigError as e:
+    _fail(str(e), EXIT_BAD_INPUT)
+  except _BAD_FLAG_ERRORS as e:
+    _fail_on_flag(e)
+  try:
+    train.train_and_evaluate(config, FLAGS.workdir)
   except (config_lib.ConfigError, idx.DataError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(EXIT_BAD_INPUT)
+    _fail(str(e), EXIT_BAD_INPUT)
+  except train.NonFiniteLossError as e:
+    _fail(str(e), EXIT_NONFINITE_LOSS)
+  except interrupts.Interrupted as e:
+    logging.warning('%s', e)
+    _fail(str(e), interrupts.EXIT_CODE)
 
 
 def run():
   """Console-script entry point."""
-  app.run(main)
+  try:
+    _define_flags()
+  except _BAD_FLAG_ERRORS as e:
+    _fail_on_flag(e)
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == '__main__':

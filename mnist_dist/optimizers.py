@@ -19,14 +19,26 @@ def learning_rate_schedule(
 
 
 def create_optimizer(optimizer_config, *, steps_per_epoch: int,
-                     precision: str) -> keras.optimizers.Optimizer:
-  """Builds the optimizer; call it inside the strategy's scope."""
+                     precision: str,
+                     skip_nonfinite: bool) -> keras.optimizers.Optimizer:
+  """Builds the optimizer; call it inside the strategy's scope.
+
+  skip_nonfinite: leave the weights and the optimizer's state untouched on a
+  step whose gradients are not finite, on every replica alike.
+  """
   schedule = learning_rate_schedule(optimizer_config,
                                     steps_per_epoch=steps_per_epoch)
   optimizer_class = {'sgd': keras.optimizers.SGD,
                      'adam': keras.optimizers.Adam}[optimizer_config.name]
   optimizer = optimizer_class(learning_rate=schedule)
   if precision == 'mixed_float16':
-    # float16 gradients underflow without a dynamic loss scale.
-    optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    # float16 gradients underflow without a dynamic loss scale; skipping
+    # non-finite steps is part of what it does.
+    return keras.optimizers.LossScaleOptimizer(optimizer)
+  if skip_nonfinite:
+    # Keras's loss-scale optimizer is the tested way to skip a step under any
+    # strategy. Its scale starts at 1 and only halves after a skipped step:
+    # powers of two, so the float32 arithmetic is otherwise unchanged.
+    return keras.optimizers.LossScaleOptimizer(
+        optimizer, initial_scale=1.0, dynamic_growth_steps=2**31 - 1)
   return optimizer

@@ -34,10 +34,12 @@ class MetricsWriter:
   which works the same on local disks and on gs://, where appending does not.
   """
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, *, resume_step: int = 0):
     self.path = os.path.join(workdir, METRICS_FILE)
     tf.io.gfile.makedirs(workdir)
-    self.records = read_metrics(workdir)
+    # Records past the checkpoint a run resumes from will be made again.
+    self.records = [r for r in read_metrics(workdir)
+                    if r['step'] <= resume_step]
 
   def write(self, record: dict) -> None:
     self.records.append(record)

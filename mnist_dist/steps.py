@@ -34,9 +34,9 @@ def _per_example_loss(labels, logits):
 
 def make_train_loop(*, strategy: tf.distribute.Strategy, model: keras.Model,
                     optimizer: keras.optimizers.Optimizer,
-                    global_batch_size: int,
-                    jit_compile: bool) -> Callable[..., tf.Tensor]:
-  """Returns train_loop(iterator, num_steps) -> summed [loss, correct, count].
+                    global_batch_size: int, jit_compile: bool,
+                    stop_on_nonfinite: bool) -> Callable[..., dict]:
+  """Returns train_loop(iterator, num_steps) -> dict of tensors.
 
   The loss each replica differentiates is its per-example losses summed and
   divided by the *global* batch size, so that the optimizer's all-reduce (a
@@ -44,6 +44,12 @@ def make_train_loop(*, strategy: tf.distribute.Strategy, model: keras.Model,
   whatever the replica count. Regularization losses, which every replica
   computes in full, are divided by the replica count for the same reason.
   The reported loss is the unscaled per-example loss.
+
+  With stop_on_nonfinite the loop ends right after a step whose loss is not
+  finite on some replica; otherwise it goes on (the optimizer, a
+  LossScaleOptimizer then, skips the update). The dict holds the sums over
+  the finite steps ('loss', 'correct', 'count'), the 'steps' run and the
+  'nonfinite_steps' among them.
   """
 
   def forward_backward(images, labels):
@@ -71,10 +77,20 @@ def make_train_loop(*, strategy: tf.distribute.Strategy, model: keras.Model,
   @tf.function
   def train_loop(iterator, num_steps):
     totals = tf.zeros([3])
+    steps = tf.constant(0)
+    nonfinite_steps = tf.constant(0)
     for _ in tf.range(num_steps):
       per_replica = strategy.run(train_step, args=next(iterator))
-      totals += strategy.reduce(SUM, per_replica, axis=None)
-    return totals
+      step_totals = strategy.reduce(SUM, per_replica, axis=None)
+      finite = tf.math.is_finite(step_totals[0])  # Any replica's NaN shows.
+      totals += tf.where(finite, step_totals, 0.0)
+      steps += 1
+      nonfinite_steps += tf.cast(tf.logical_not(finite), tf.int32)
+      if stop_on_nonfinite:
+        if tf.logical_not(finite):
+          break
+    return {'loss': totals[0], 'correct': totals[1], 'count': totals[2],
+            'steps': steps, 'nonfinite_steps': nonfinite_steps}
 
   return train_loop
 

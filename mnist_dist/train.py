@@ -1,8 +1,9 @@
 """The outer loop: sets a run up, then alternates training loops and evals.
 
 `train_and_evaluate` is the controller. It builds the strategy, the data, the
-model and the optimizer, and then, epoch by epoch, calls the compiled training
-loop from `steps` (many steps per call), logs a line after each call and
+model and the optimizer, resumes from the workdir's latest checkpoint if there
+is one, and then, epoch by epoch, calls the compiled training loop from
+`steps` (many steps per call), logs a line after each call, checkpoints, and
 evaluates on the whole test set after each epoch.
 """
 
@@ -15,8 +16,10 @@ from absl import logging
 import keras
 import tensorflow as tf
 
+from mnist_dist import checkpoints
 from mnist_dist import config as config_lib
 from mnist_dist import input_pipeline
+from mnist_dist import interrupts
 from mnist_dist import models
 from mnist_dist import optimizers
 from mnist_dist import reporting
@@ -24,15 +27,26 @@ from mnist_dist import steps
 from mnist_dist import strategy as strategy_lib
 
 
+class NonFiniteLossError(RuntimeError):
+  """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+  def __init__(self, step: int):
+    super().__init__(
+        f'the loss is not finite at step {step}; stopped, keeping the last '
+        'good checkpoint (a lower optimizer.learning_rate may help, or '
+        'train.on_nonfinite_loss=skip to skip such steps)')
+    self.step = step
+
+
 @dataclasses.dataclass
 class TrainResult:
   model: keras.Model
-  metrics: list[dict]  # One record per evaluation, as in metrics.jsonl.
+  metrics: list[dict]  # One record per evaluation of this process.
 
 
 def _use_xla(setting: str, device_kind: str) -> bool:
   if setting == 'auto':
-    # Measured here: XLA made the conv_bn step on CPU ~2.8x slower.
+    # Measured here: XLA made the conv_bn step on CPU ~3x slower.
     return device_kind == 'GPU'
   # TPUs compile the whole loop with XLA whatever this says.
   return setting == 'on' and device_kind != 'TPU'
@@ -43,19 +57,35 @@ def _distribute(strategy, dataset_fn, split, **kwargs):
       functools.partial(dataset_fn, split=split, **kwargs))
 
 
+def _preemption_handler(strategy, checkpointer):
+  """TF's own handler where a preemption notice must reach every worker."""
+  if isinstance(strategy, (tf.distribute.MultiWorkerMirroredStrategy,
+                           tf.distribute.TPUStrategy)):
+    return tf.distribute.experimental.PreemptionCheckpointHandler(
+        strategy.cluster_resolver, checkpointer.manager)
+  return None
+
+
 def train_and_evaluate(config, workdir: str) -> TrainResult:
-  """Trains config's model for config.train.epochs; writes WORKDIR/metrics.jsonl.
+  """Trains config's model for config.train.epochs, resuming if it can.
 
   Args:
     config: a config of `mnist_dist.config` (see configs/).
-    workdir: where the run writes its outputs (local or gs://).
+    workdir: where the run keeps config.json, checkpoints/ and metrics.jsonl
+      (local or gs://). Starting again with the same workdir resumes.
 
   Returns:
-    The trained model and the evaluation records.
+    The trained model and the evaluation records of this process.
+
+  Raises:
+    ConfigError, DataError: before training, for input that cannot run.
+    NonFiniteLossError: the loss became NaN or infinite.
+    interrupts.Interrupted: SIGTERM or SIGINT; a checkpoint was saved.
   """
   start = time.time()
   config_lib.validate(config)
   strategy = strategy_lib.create_strategy(config.distribution)
+  chief = strategy_lib.is_chief(strategy)
   keras.utils.set_random_seed(config.seed)
   keras.mixed_precision.set_global_policy(config.train.precision)
 
@@ -65,21 +95,42 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
   steps_per_epoch = len(train_split) // global_batch
   config_lib.check_against_run(config, num_replicas=num_replicas,
                                steps_per_epoch=steps_per_epoch)
+  checkpoints.check_and_record_config(config, workdir, write=chief)
   total_steps = config.train.epochs * steps_per_epoch
 
   with strategy.scope():
     model = models.create_model(config.model)
     optimizer = optimizers.create_optimizer(
         config.optimizer, steps_per_epoch=steps_per_epoch,
-        precision=config.train.precision)
+        precision=config.train.precision,
+        skip_nonfinite=config.train.on_nonfinite_loss == 'skip')
     # Slots made now, not lazily inside the first replicated step.
     optimizer.build(model.trainable_variables)
   schedule = optimizers.learning_rate_schedule(
       config.optimizer, steps_per_epoch=steps_per_epoch)
+  # Steps taken (skipped ones included: they consume their batch too) and the
+  # current epoch's sums of loss, correct, count and skipped steps.
+  step_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+  epoch_sums = tf.Variable(tf.zeros([4], tf.float64), trainable=False)
+  checkpointer = checkpoints.Checkpointer(
+      workdir=workdir, keep=config.checkpoint.keep, is_chief=chief,
+      # tf.train.Checkpoint does not see into a Keras 3 model: list its
+      # variables (batch-norm statistics and dropout's seed state included),
+      # by position, since layer names change with what else the process built.
+      model=[variable.value for variable in model.variables],
+      # The inner optimizer of a LossScaleOptimizer: switching
+      # train.on_nonfinite_loss between runs must not orphan its state.
+      optimizer=getattr(optimizer, 'inner_optimizer', optimizer),
+      step=step_var, epoch_sums=epoch_sums)
+  restored = checkpointer.restore_latest()
+  step = int(step_var.numpy())
+  if restored:
+    logging.info('Resuming from %s at step %d (epoch %d).', restored, step,
+                 step // steps_per_epoch + 1)
 
   train_iterator = iter(_distribute(
       strategy, input_pipeline.train_dataset, train_split,
-      global_batch_size=global_batch, seed=config.seed))
+      global_batch_size=global_batch, seed=config.seed, start_step=step))
   eval_batch = math.ceil(config.train.eval_batch_size / num_replicas) * (
       num_replicas)
   eval_iterator = iter(_distribute(
@@ -92,58 +143,93 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
                'XLA %s, precision %s', config.model.name, num_replicas, kind,
                global_batch, steps_per_epoch, 'on' if jit else 'off',
                config.train.precision)
+  stop_on_nonfinite = config.train.on_nonfinite_loss == 'stop'
   train_loop = steps.make_train_loop(
       strategy=strategy, model=model, optimizer=optimizer,
-      global_batch_size=global_batch, jit_compile=jit)
+      global_batch_size=global_batch, jit_compile=jit,
+      stop_on_nonfinite=stop_on_nonfinite)
   eval_loop = steps.make_eval_loop(
       strategy=strategy, model=model,
       num_steps=input_pipeline.eval_steps(len(test_split), eval_batch))
-  chief = strategy_lib.is_chief(strategy)
-  writer = reporting.MetricsWriter(workdir) if chief else None
+  writer = reporting.MetricsWriter(workdir, resume_step=step) if chief else None
+  preemption = _preemption_handler(strategy, checkpointer)
 
-  step = int(optimizer.iterations.numpy())
+  def learning_rate():
+    # The rate of the last step taken: the schedule counts applied updates.
+    return float(schedule(max(int(optimizer.iterations.numpy()) - 1, 0)))
+
+  def stop_if_asked():
+    """Checkpoints and stops on a signal or a preemption notice."""
+    if preemption:
+      preemption.save_checkpoint_if_preempted()
+    if signals.requested:
+      if last_saved != step:
+        checkpointer.save(step)
+      raise interrupts.Interrupted(signals.requested, step)
+
   loops_start, loops_first_step = time.time(), step
+  last_saved = step
   records = []
-  while step < total_steps:
-    epoch = step // steps_per_epoch
-    epoch_end = (epoch + 1) * steps_per_epoch
-    epoch_totals, epoch_train_s = tf.zeros([3], tf.float64), 0.0
-    while step < epoch_end:
-      num_steps = min(config.train.steps_per_loop, epoch_end - step)
-      loop_start = time.time()
-      totals = train_loop(train_iterator, tf.constant(num_steps))
-      loss, correct, count = totals.numpy()
-      loop_s = time.time() - loop_start
-      step += num_steps
-      epoch_totals += tf.cast(totals, tf.float64)
-      epoch_train_s += loop_s
-      steps_per_s = (step - loops_first_step) / (time.time() - loops_start)
-      logging.info(reporting.loop_line(
-          step=step, total_steps=total_steps, epoch=epoch + 1,
-          epochs=config.train.epochs, loss=loss / count,
-          accuracy=correct / count,
-          learning_rate=float(schedule(step - 1)),
-          examples_per_s=count / loop_s,
-          eta_s=(total_steps - step) / steps_per_s))
+  with interrupts.SignalWatch() as signals:
+    while step < total_steps:
+      epoch = step // steps_per_epoch
+      epoch_end = (epoch + 1) * steps_per_epoch
+      epoch_train_s = 0.0
+      while step < epoch_end:
+        loop_start = time.time()
+        result = {k: v.numpy() for k, v in signals.call(
+            train_loop, train_iterator,
+            tf.constant(min(config.train.steps_per_loop,
+                            epoch_end - step))).items()}
+        loop_s = time.time() - loop_start
+        step += int(result['steps'])
+        if result['nonfinite_steps'] and stop_on_nonfinite:
+          raise NonFiniteLossError(step)
+        step_var.assign(step)
+        epoch_sums.assign_add([result['loss'], result['correct'],
+                               result['count'], result['nonfinite_steps']])
+        epoch_train_s += loop_s
+        steps_per_s = (step - loops_first_step) / (time.time() - loops_start)
+        count = max(result['count'], 1)
+        logging.info(reporting.loop_line(
+            step=step, total_steps=total_steps, epoch=epoch + 1,
+            epochs=config.train.epochs, loss=result['loss'] / count,
+            accuracy=result['correct'] / count,
+            learning_rate=learning_rate(),
+            examples_per_s=result['count'] / loop_s,
+            eta_s=(total_steps - step) / steps_per_s))
+        if step == epoch_end:
+          break  # The epoch's evaluation comes before any checkpoint.
+        stop_if_asked()
+        if (step // config.checkpoint.every_steps >
+            last_saved // config.checkpoint.every_steps):
+          checkpointer.save(step)
+          last_saved = step
 
-    eval_loss, eval_correct, eval_count = eval_loop(eval_iterator).numpy()
-    train_loss, train_correct, train_count = epoch_totals.numpy()
-    record = {
-        'step': step,
-        'epoch': epoch + 1,
-        'train_loss': float(train_loss / train_count),
-        'train_accuracy': float(train_correct / train_count),
-        'eval_loss': float(eval_loss / eval_count),
-        'eval_accuracy': float(eval_correct / eval_count),
-        'eval_examples': int(eval_count),
-        'learning_rate': float(schedule(step - 1)),
-        'elapsed_s': round(time.time() - start, 3),
-        'examples_per_s': round(train_count / epoch_train_s, 1),
-    }
-    records.append(record)
-    logging.info('eval epoch %d: loss %.4f accuracy %.2f%% on %d examples',
-                 epoch + 1, record['eval_loss'], 100 * record['eval_accuracy'],
-                 record['eval_examples'])
-    if writer:
-      writer.write(record)
+      eval_loss, eval_correct, eval_count = signals.call(
+          eval_loop, eval_iterator).numpy()
+      train_loss, train_correct, train_count, skipped = epoch_sums.numpy()
+      record = {
+          'step': step,
+          'epoch': epoch + 1,
+          'train_loss': float(train_loss / max(train_count, 1)),
+          'train_accuracy': float(train_correct / max(train_count, 1)),
+          'eval_loss': float(eval_loss / eval_count),
+          'eval_accuracy': float(eval_correct / eval_count),
+          'eval_examples': int(eval_count),
+          'learning_rate': learning_rate(),
+          'nonfinite_steps': int(skipped),
+          'elapsed_s': round(time.time() - start, 3),
+          'examples_per_s': round(train_count / max(epoch_train_s, 1e-9), 1),
+      }
+      records.append(record)
+      logging.info('eval epoch %d: loss %.4f accuracy %.2f%% on %d examples',
+                   epoch + 1, record['eval_loss'],
+                   100 * record['eval_accuracy'], record['eval_examples'])
+      if writer:
+        writer.write(record)
+      epoch_sums.assign(tf.zeros([4], tf.float64))
+      checkpointer.save(step)
+      last_saved = step
+      stop_if_asked()
   return TrainResult(model=model, metrics=records)

@@ -1,13 +1,19 @@
 """Shared fixtures. Splits the CPU into 3 logical devices before TF starts,
 so that one test process can train on 1, 2 and 3 replicas."""
 
+import gzip
 import importlib.util
 import os
+import struct
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import tensorflow as tf
+
+from mnist_dist import config as config_lib
+from mnist_dist import idx
 
 NUM_LOGICAL_CPUS = 3
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,7 +39,6 @@ def small_config(overrides=None):
 
   overrides: {dotted key: value}, e.g. small_config({'model.name': 'conv'}).
   """
-  from mnist_dist import config as config_lib
   config = config_lib.default_config()
   config.data.source = 'synthetic'
   config.data.synthetic_train_examples = 1024
@@ -70,3 +75,26 @@ def load_config(name: str):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
+
+
+def write_idx(path, array, magic, *, compress=False, cut=0):
+  """Writes an IDX file of `array`, optionally gzipped or cut short."""
+  data = struct.pack(f'>{1 + array.ndim}i', magic, *array.shape)
+  data += array.astype(np.uint8).tobytes()
+  data = data[:len(data) - cut]
+  with open(path, 'wb') as f:
+    f.write(gzip.compress(data) if compress else data)
+
+
+@pytest.fixture
+def good_dir(tmp_path):
+  """A folder of tiny valid IDX files: 6 train and 4 test examples."""
+  rng = np.random.default_rng(0)
+  for split, count in (('train', 6), ('test', 4)):
+    images_name, labels_name = idx.FILES[split]
+    write_idx(tmp_path / (images_name + '.gz'),
+              rng.integers(0, 256, (count, 28, 28)), idx.IMAGES_MAGIC,
+              compress=True)
+    write_idx(tmp_path / labels_name, rng.integers(0, 10, count),
+              idx.LABELS_MAGIC)  # Plain, not gzipped: both are accepted.
+  return tmp_path

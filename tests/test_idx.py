@@ -3,11 +3,11 @@
 import gzip
 import hashlib
 import os
-import struct
 
 import numpy as np
 import pytest
 
+from conftest import write_idx
 from mnist_dist import idx
 
 
@@ -27,28 +27,6 @@ def test_reads_the_real_mnist(mnist_dir):
         '27ae3e4e09519cfbb04c329615203637')
 
 
-def _write_idx(path, array, magic, *, compress=False, cut=0):
-  data = struct.pack(f'>{1 + array.ndim}i', magic, *array.shape)
-  data += array.astype(np.uint8).tobytes()
-  data = data[:len(data) - cut]
-  with open(path, 'wb') as f:
-    f.write(gzip.compress(data) if compress else data)
-
-
-@pytest.fixture
-def good_dir(tmp_path):
-  """A folder of tiny valid IDX files: 6 train and 4 test examples."""
-  rng = np.random.default_rng(0)
-  for split, count in (('train', 6), ('test', 4)):
-    images_name, labels_name = idx.FILES[split]
-    _write_idx(tmp_path / (images_name + '.gz'),
-               rng.integers(0, 256, (count, 28, 28)), idx.IMAGES_MAGIC,
-               compress=True)
-    _write_idx(tmp_path / labels_name, rng.integers(0, 10, count),
-               idx.LABELS_MAGIC)  # Plain, not gzipped: both are accepted.
-  return tmp_path
-
-
 def test_reads_plain_and_gzipped_files(good_dir):
   images, labels = idx.load_split(str(good_dir), 'train')
   assert images.shape == (6, 28, 28) and labels.shape == (6,)
@@ -61,7 +39,7 @@ def _break(good_dir, name, **kwargs):
       os.remove(good_dir / candidate)
   path = good_dir / name
   defaults = {'array': np.zeros(4, np.uint8), 'magic': idx.LABELS_MAGIC}
-  _write_idx(path, **{**defaults, **kwargs})
+  write_idx(path, **{**defaults, **kwargs})
   return str(path)
 
 

@@ -3,9 +3,12 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from conftest import run_main
+from conftest import write_idx
+from mnist_dist import idx
 
 
 @pytest.mark.slow
@@ -37,6 +40,13 @@ def test_conv_bn_one_epoch_on_real_mnist(tmp_path, mnist_dir):
     (['--config.model.name=resnet'], "model.name='resnet' is not one of"),
     (['--config.data.source=synthetic', '--config.train.steps_per_loop=5000'],
      'train.steps_per_loop=5000 is larger than an epoch'),
+    (['--config.data.source=synthetic', '--config.distribution.cpu_devices=2',
+      '--config.train.global_batch_size=65'],
+     'train.global_batch_size=65 is not divisible by the 2 replicas'),
+    (['--config.train.epoch=3'],
+     'unknown config key \'epoch\' Did you mean "epochs"'),
+    (['--config=configs/nope.py'], "No such file or directory: 'configs/nope.py'"),
+    (['--config.data.dir=nosuch://bucket/mnist'], 'nosuch://bucket/mnist'),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, args, message):
   process = run_main(f'--workdir={tmp_path}', *args, timeout=120)
@@ -44,3 +54,27 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, args, message):
   last_line = process.stderr.strip().splitlines()[-1]
   assert last_line.startswith('error: ') and message in last_line
   assert 'Traceback' not in process.stderr
+
+
+@pytest.mark.parametrize('file,array,magic,message', [
+    (idx.FILES['test'][1], np.zeros((4, 28, 28)), idx.IMAGES_MAGIC,
+     'wrong magic number 2051'),
+    (idx.FILES['test'][1], np.zeros(3), idx.LABELS_MAGIC,
+     'holds 4 images but'),
+    (idx.FILES['test'][1], np.array([0, 1, 10, 2]), idx.LABELS_MAGIC,
+     'label 10 at index 2 is outside 0..9'),
+    (idx.FILES['train'][0], np.zeros((6, 28, 27)), idx.IMAGES_MAGIC,
+     'images are 28x27, expected 28x28'),
+])
+def test_bad_data_is_named_before_training(tmp_path, good_dir, file, array,
+                                           magic, message):
+  for stale in (file, file + '.gz'):
+    if os.path.exists(good_dir / stale):
+      os.remove(good_dir / stale)
+  write_idx(good_dir / file, array, magic)
+  process = run_main(f'--workdir={tmp_path / "run"}',
+                     f'--config.data.dir={good_dir}', timeout=120)
+  assert process.returncode == 2, process.stderr[-2000:]
+  last_line = process.stderr.strip().splitlines()[-1]
+  assert last_line.startswith(f'error: {good_dir}/') and message in last_line
+  assert not os.path.exists(tmp_path / 'run' / 'checkpoints')

@@ -1,0 +1,185 @@
+"""Checkpoints, resuming, signals and non-finite losses."""
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import ROOT
+from conftest import small_config
+from mnist_dist import checkpoints
+from mnist_dist import config as config_lib
+from mnist_dist import interrupts
+from mnist_dist import train
+
+# dense_dropout: dropout makes the random state part of what must resume.
+_RUN_FLAGS = ('--config=configs/dense_dropout.py', '--config.data.source=synthetic',
+              '--config.data.synthetic_train_examples=4096',
+              '--config.data.synthetic_eval_examples=1000',
+              '--config.train.epochs=3', '--config.train.steps_per_loop=4',
+              '--config.checkpoint.every_steps=10')
+_TIMING_KEYS = ('elapsed_s', 'examples_per_s')
+
+
+def _start(workdir, *extra):
+  return subprocess.Popen(
+      [sys.executable, '-m', 'mnist_dist.main', f'--workdir={workdir}',
+       *_RUN_FLAGS, *extra], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_line(process, needle, timeout=120):
+  deadline = time.time() + timeout
+  lines = []
+  for line in process.stderr:
+    lines.append(line)
+    if needle in line or time.time() > deadline:
+      return lines
+  return lines
+
+
+def _final_state(workdir):
+  """(metrics without timings, {variable: value}) of a finished workdir."""
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  for record in records:
+    for key in _TIMING_KEYS:
+      record.pop(key)
+  reader = tf.train.load_checkpoint(os.path.join(workdir, 'checkpoints'))
+  variables = {name: reader.get_tensor(name)
+               for name in reader.get_variable_to_shape_map()
+               if name.startswith('model/')}
+  return records, variables
+
+
+def test_sigterm_then_resume_lands_where_an_uninterrupted_run_does(tmp_path):
+  uninterrupted = _start(tmp_path / 'straight')
+  uninterrupted.communicate(timeout=300)
+  assert uninterrupted.returncode == 0
+
+  interrupted = _start(tmp_path / 'stopped')
+  _wait_for_line(interrupted, 'step 52/')  # Mid-epoch 2 of 3 (32 per epoch).
+  interrupted.send_signal(signal.SIGTERM)
+  rest = interrupted.communicate(timeout=120)[1]
+  assert interrupted.returncode == interrupts.EXIT_CODE, rest[-2000:]
+  assert 'run the same command again to resume' in rest
+  resumed = _start(tmp_path / 'stopped')
+  log = resumed.communicate(timeout=300)[1]
+  assert resumed.returncode == 0, log[-2000:]
+  assert 'Resuming from' in log
+
+  straight_records, straight_weights = _final_state(tmp_path / 'straight')
+  records, weights = _final_state(tmp_path / 'stopped')
+  assert [r['epoch'] for r in records] == [1, 2, 3]
+  assert straight_weights.keys() == weights.keys() and weights
+  for name, value in straight_weights.items():
+    np.testing.assert_array_equal(value, weights[name], err_msg=name)
+  # Metrics equal but for float rounding: the interrupted epoch's sums were
+  # added up in other loop-sized pieces.
+  for straight, record in zip(straight_records, records, strict=True):
+    assert straight.keys() == record.keys()
+    for key, value in straight.items():
+      assert record[key] == pytest.approx(value, rel=1e-6), key
+
+
+def test_second_signal_exits_at_once(tmp_path):
+  # Loops of 32 conv_bn steps (a second or more): the second SIGTERM comes
+  # while the first still waits for its loop to end.
+  process = _start(tmp_path, '--config.model.name=conv_bn',
+                   '--config.train.steps_per_loop=32')
+  _wait_for_line(process, 'step 32/')
+  process.send_signal(signal.SIGTERM)
+  _wait_for_line(process, 'SIGTERM received')
+  process.send_signal(signal.SIGTERM)
+  process.communicate(timeout=120)
+  assert process.returncode == 128 + signal.SIGTERM
+
+
+def _config(tmp_path, **overrides):
+  return small_config({'model.name': 'dense', 'checkpoint.every_steps': 5,
+                       **overrides})
+
+
+def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+  train.train_and_evaluate(_config(tmp_path, **{'train.epochs': 2}),
+                           str(tmp_path))
+  directory = tf.train.get_checkpoint_state(
+      str(tmp_path / 'checkpoints')).all_model_checkpoint_paths
+  latest, previous = directory[-1], directory[-2]
+  data_file = latest + '.data-00000-of-00001'
+  with open(data_file, 'r+b') as f:
+    f.truncate(os.path.getsize(data_file) // 2)
+  caplog.set_level(logging.INFO)
+  result = train.train_and_evaluate(
+      _config(tmp_path, **{'train.epochs': 3}), str(tmp_path))
+  assert f'Checkpoint {latest} is unreadable' in caplog.text
+  assert f'Resuming from {previous}' in caplog.text
+  with open(tmp_path / 'metrics.jsonl') as f:
+    assert [json.loads(line)['epoch'] for line in f] == [1, 2, 3]
+  assert result.metrics[-1]['epoch'] == 3
+
+
+def test_workdir_of_another_model_is_refused_by_name(tmp_path):
+  train.train_and_evaluate(_config(tmp_path), str(tmp_path))
+  with pytest.raises(config_lib.ConfigError,
+                     match="model.name was 'dense', now 'conv'"):
+    train.train_and_evaluate(_config(tmp_path, **{'model.name': 'conv'}),
+                             str(tmp_path))
+
+
+def test_finished_run_started_again_does_nothing_more(tmp_path):
+  train.train_and_evaluate(_config(tmp_path), str(tmp_path))
+  again = train.train_and_evaluate(_config(tmp_path), str(tmp_path))
+  assert again.metrics == []
+  with open(tmp_path / 'metrics.jsonl') as f:
+    assert len(f.readlines()) == 1
+
+
+def _absurd_lr(tmp_path, mode):
+  # One good epoch, then one at a learning rate that makes the loss explode.
+  train.train_and_evaluate(_config(tmp_path, **{'optimizer.name': 'sgd'}),
+                           str(tmp_path))
+  return _config(tmp_path, **{
+      'optimizer.name': 'sgd', 'optimizer.learning_rate': 1e30,
+      'train.epochs': 2, 'train.on_nonfinite_loss': mode})
+
+
+def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  config = _absurd_lr(tmp_path, 'stop')
+  good = tf.train.latest_checkpoint(str(tmp_path / 'checkpoints'))
+  with pytest.raises(train.NonFiniteLossError, match='not finite at step 1[78]'):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert tf.train.latest_checkpoint(str(tmp_path / 'checkpoints')) == good
+
+
+def test_nonfinite_steps_can_be_skipped_and_counted(tmp_path):
+  result = train.train_and_evaluate(_absurd_lr(tmp_path, 'skip'), str(tmp_path))
+  (record,) = result.metrics
+  assert record['epoch'] == 2 and record['step'] == 32
+  assert 0 < record['nonfinite_steps'] <= 16
+  assert all(np.isfinite(w).all() for w in result.model.get_weights())
+
+
+def test_nonfinite_loss_exit_code_through_the_entry_point(tmp_path):
+  process = subprocess.run(
+      [sys.executable, '-m', 'mnist_dist.main', f'--workdir={tmp_path}',
+       '--config=configs/dense.py', '--config.optimizer.name=sgd',
+       '--config.data.source=synthetic',
+       '--config.optimizer.learning_rate=1e30', '--config.train.epochs=1',
+       '--config.train.steps_per_loop=10'],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert process.returncode == 3, process.stderr[-2000:]
+  assert 'error: the loss is not finite at step' in process.stderr
+
+
+def test_config_json_records_the_run(tmp_path):
+  config = _config(tmp_path)
+  train.train_and_evaluate(config, str(tmp_path))
+  with open(tmp_path / checkpoints.CONFIG_FILE) as f:
+    assert json.load(f) == json.loads(config.to_json())
