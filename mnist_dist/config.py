@@ -12,7 +12,7 @@ MODELS = ('dense_softmax', 'dense', 'dense_dropout', 'conv', 'conv_bn')
 STRATEGIES = ('auto', 'one_device', 'mirrored', 'multi_worker_mirrored', 'tpu')
 SOURCES = ('auto', 'idx', 'tfds', 'synthetic')
 OPTIMIZERS = ('sgd', 'adam')
-PRECISIONS = ('float32', 'mixed_bfloat16', 'mixed_float16')
+PRECISIONS = ('auto', 'float32', 'mixed_bfloat16', 'mixed_float16')
 NONFINITE_LOSS = ('stop', 'skip')
 JIT_COMPILE = ('auto', 'on', 'off')
 
@@ -52,10 +52,12 @@ def default_config() -> ml_collections.ConfigDict:
   config.train.epochs = 10
   config.train.global_batch_size = 64
   # Steps per call of the compiled loop; each call ends with one log line.
-  config.train.steps_per_loop = 100
+  # 0: auto, a whole epoch on TPU (host round trips are costly there), else 100.
+  config.train.steps_per_loop = 0
   # Rounded up to a multiple of the replica count; padding is masked out.
   config.train.eval_batch_size = 1000
-  config.train.precision = 'float32'
+  # auto: mixed_bfloat16 on TPU, float32 elsewhere.
+  config.train.precision = 'auto'
   # XLA on the per-replica step: auto = on for TPU and GPU, off for CPU.
   config.train.jit_compile = 'auto'
   # A NaN/Inf loss: 'stop' the run (exit code 3, last good checkpoint kept),
@@ -111,7 +113,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_choice(config.train.jit_compile, JIT_COMPILE, 'train.jit_compile')
   _check_choice(config.train.on_nonfinite_loss, NONFINITE_LOSS,
                 'train.on_nonfinite_loss')
-  for key in ('train.epochs', 'train.global_batch_size', 'train.steps_per_loop',
+  for key in ('train.epochs', 'train.global_batch_size',
               'train.eval_batch_size', 'optimizer.learning_rate',
               'optimizer.decay_rate', 'data.synthetic_train_examples',
               'data.synthetic_eval_examples', 'checkpoint.every_steps',
@@ -120,6 +122,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_positive(config[section][name], key)
   if not 0 <= config.model.dropout < 1:
     raise ConfigError(f'model.dropout={config.model.dropout} must be in [0, 1)')
+  if config.train.steps_per_loop < 0:
+    raise ConfigError('train.steps_per_loop must be >= 0 (0: auto)')
   if config.data.train_examples < 0:
     raise ConfigError('data.train_examples must be >= 0 (0: all)')
   if config.distribution.cpu_devices < 0:

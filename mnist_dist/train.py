@@ -44,14 +44,6 @@ class TrainResult:
   metrics: list[dict]  # One record per evaluation of this process.
 
 
-def _use_xla(setting: str, device_kind: str) -> bool:
-  if setting == 'auto':
-    # Measured here: XLA made the conv_bn step on CPU ~3x slower.
-    return device_kind == 'GPU'
-  # TPUs compile the whole loop with XLA whatever this says.
-  return setting == 'on' and device_kind != 'TPU'
-
-
 def _distribute(strategy, dataset_fn, split, **kwargs):
   return strategy.distribute_datasets_from_function(
       functools.partial(dataset_fn, split=split, **kwargs))
@@ -86,8 +78,9 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
   config_lib.validate(config)
   strategy = strategy_lib.create_strategy(config.distribution)
   chief = strategy_lib.is_chief(strategy)
+  if not chief:
+    logging.set_verbosity(logging.WARNING)  # The chief's log tells the story.
   keras.utils.set_random_seed(config.seed)
-  keras.mixed_precision.set_global_policy(config.train.precision)
 
   train_split, test_split = input_pipeline.load(config.data, seed=config.seed)
   num_replicas = strategy.num_replicas_in_sync
@@ -95,6 +88,10 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
   steps_per_epoch = len(train_split) // global_batch
   config_lib.check_against_run(config, num_replicas=num_replicas,
                                steps_per_epoch=steps_per_epoch)
+  kind = strategy_lib.device_kind(strategy)
+  settings = strategy_lib.device_settings(
+      config.train, device_kind=kind, steps_per_epoch=steps_per_epoch)
+  keras.mixed_precision.set_global_policy(settings.precision)
   checkpoints.check_and_record_config(config, workdir, write=chief)
   total_steps = config.train.epochs * steps_per_epoch
 
@@ -102,7 +99,7 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
     model = models.create_model(config.model)
     optimizer = optimizers.create_optimizer(
         config.optimizer, steps_per_epoch=steps_per_epoch,
-        precision=config.train.precision,
+        precision=settings.precision,
         skip_nonfinite=config.train.on_nonfinite_loss == 'skip')
     # Slots made now, not lazily inside the first replicated step.
     optimizer.build(model.trainable_variables)
@@ -137,16 +134,15 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
       strategy, input_pipeline.eval_dataset, test_split,
       global_batch_size=eval_batch))
 
-  kind = strategy_lib.device_kind(strategy)
-  jit = _use_xla(config.train.jit_compile, kind)
-  logging.info('%s: %d replicas on %s, global batch %d, %d steps per epoch, '
-               'XLA %s, precision %s', config.model.name, num_replicas, kind,
-               global_batch, steps_per_epoch, 'on' if jit else 'off',
-               config.train.precision)
+  logging.info('%s: %d replicas on %s, global batch %d, %d steps per epoch '
+               'in loops of %d, XLA %s, precision %s', config.model.name,
+               num_replicas, kind, global_batch, steps_per_epoch,
+               settings.steps_per_loop, 'on' if settings.jit_compile else 'off',
+               settings.precision)
   stop_on_nonfinite = config.train.on_nonfinite_loss == 'stop'
   train_loop = steps.make_train_loop(
       strategy=strategy, model=model, optimizer=optimizer,
-      global_batch_size=global_batch, jit_compile=jit,
+      global_batch_size=global_batch, jit_compile=settings.jit_compile,
       stop_on_nonfinite=stop_on_nonfinite)
   eval_loop = steps.make_eval_loop(
       strategy=strategy, model=model,
@@ -179,7 +175,7 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
         loop_start = time.time()
         result = {k: v.numpy() for k, v in signals.call(
             train_loop, train_iterator,
-            tf.constant(min(config.train.steps_per_loop,
+            tf.constant(min(settings.steps_per_loop,
                             epoch_end - step))).items()}
         loop_s = time.time() - loop_start
         step += int(result['steps'])

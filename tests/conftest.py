@@ -98,3 +98,11 @@ def good_dir(tmp_path):
     write_idx(tmp_path / labels_name, rng.integers(0, 10, count),
               idx.LABELS_MAGIC)  # Plain, not gzipped: both are accepted.
   return tmp_path
+
+
+def checkpoint_variables(workdir) -> dict:
+  """{name: value} of the model variables in WORKDIR's latest checkpoint."""
+  reader = tf.train.load_checkpoint(os.path.join(workdir, 'checkpoints'))
+  return {name: reader.get_tensor(name)
+          for name in reader.get_variable_to_shape_map()
+          if name.startswith('model/')}

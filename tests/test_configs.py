@@ -81,6 +81,7 @@ def test_bad_values_are_refused_by_name(key, value, message):
 ])
 def test_run_checks(replicas, steps_per_epoch, message):
   config = config_lib.default_config()
+  config.train.steps_per_loop = 100
   with pytest.raises(config_lib.ConfigError, match=message):
     config_lib.check_against_run(config, num_replicas=replicas,
                                  steps_per_epoch=steps_per_epoch)

@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import ROOT
+from conftest import checkpoint_variables
 from conftest import small_config
 from mnist_dist import checkpoints
 from mnist_dist import config as config_lib
@@ -51,11 +52,7 @@ def _final_state(workdir):
   for record in records:
     for key in _TIMING_KEYS:
       record.pop(key)
-  reader = tf.train.load_checkpoint(os.path.join(workdir, 'checkpoints'))
-  variables = {name: reader.get_tensor(name)
-               for name in reader.get_variable_to_shape_map()
-               if name.startswith('model/')}
-  return records, variables
+  return records, checkpoint_variables(workdir)
 
 
 def test_sigterm_then_resume_lands_where_an_uninterrupted_run_does(tmp_path):
