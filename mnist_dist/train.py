@@ -216,6 +216,7 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
           'learning_rate': learning_rate(),
           'nonfinite_steps': int(skipped),
           'elapsed_s': round(time.time() - start, 3),
+          'wall_time': round(time.time(), 3),
           'examples_per_s': round(train_count / max(epoch_train_s, 1e-9), 1),
       }
       records.append(record)
