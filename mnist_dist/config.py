@@ -78,6 +78,12 @@ def default_config() -> ml_collections.ConfigDict:
   # True: the rate changes at epoch boundaries (the codelab); False: per step.
   config.optimizer.staircase = True
 
+  # What the chief leaves in the workdir besides metrics.jsonl and checkpoints.
+  config.outputs = ml_collections.ConfigDict()
+  config.outputs.tensorboard = True  # WORKDIR/tensorboard/{train,eval}
+  config.outputs.saved_model = True  # WORKDIR/export, at the end
+  config.outputs.plots = True  # WORKDIR/plots/*.png, at the end
+
   config.distribution = ml_collections.ConfigDict()
   config.distribution.strategy = 'auto'
   # N > 0: Mirrored over N logical CPU devices, to try multi-replica on a CPU.

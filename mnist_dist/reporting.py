@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 
 import tensorflow as tf
 
@@ -54,3 +55,27 @@ def read_metrics(workdir: str) -> list[dict]:
     return []
   with tf.io.gfile.GFile(path) as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+def report_to_tuning_service(records: list[dict], *, metric: str) -> None:
+  """Writes `metric` where Vertex AI's hyperparameter tuning reads it.
+
+  Only inside a tuning trial (the service sets CLOUD_ML_TRIAL_ID). The format
+  is that of Google's cloudml-hypertune library, which the service reads:
+  the file $CLOUD_ML_HP_METRIC_FILE (default /tmp/hypertune/output.metrics)
+  holds the last 100 reports, one JSON object per line, sorted keys, values
+  as strings but the timestamp.
+  """
+  trial = os.environ.get('CLOUD_ML_TRIAL_ID')
+  if trial is None:
+    return
+  path = os.environ.get('CLOUD_ML_HP_METRIC_FILE',
+                        '/tmp/hypertune/output.metrics')
+  lines = [json.dumps({'timestamp': time.time(), 'trial': trial,
+                       metric: str(float(record[metric])),
+                       'global_step': str(int(record['step']))},
+                      sort_keys=True)
+           for record in records[-100:]]
+  tf.io.gfile.makedirs(os.path.dirname(path))
+  with tf.io.gfile.GFile(path, 'w') as f:
+    f.write(''.join(line + '\n' for line in lines))

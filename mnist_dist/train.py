@@ -10,6 +10,8 @@ evaluates on the whole test set after each epoch.
 import dataclasses
 import functools
 import math
+import os
+import tempfile
 import time
 
 from absl import logging
@@ -18,13 +20,16 @@ import tensorflow as tf
 
 from mnist_dist import checkpoints
 from mnist_dist import config as config_lib
+from mnist_dist import export
 from mnist_dist import input_pipeline
 from mnist_dist import interrupts
 from mnist_dist import models
 from mnist_dist import optimizers
+from mnist_dist import plots
 from mnist_dist import reporting
 from mnist_dist import steps
 from mnist_dist import strategy as strategy_lib
+from mnist_dist import summaries
 
 
 class NonFiniteLossError(RuntimeError):
@@ -56,6 +61,24 @@ def _preemption_handler(strategy, checkpointer):
     return tf.distribute.experimental.PreemptionCheckpointHandler(
         strategy.cluster_resolver, checkpointer.manager)
   return None
+
+
+def _misclassified(model, split, *, count=8, among=1000):
+  """A few test digits the model gets wrong, for TensorBoard (not on TPU)."""
+  logits = model(split.images[:among], training=False)
+  wrong = tf.argmax(logits, axis=-1).numpy() != split.labels[:among]
+  return split.images[:among][wrong][:count]
+
+
+def _export(model, workdir, *, chief):
+  """Every worker exports, as with checkpoints; only the chief's is kept."""
+  directory = (os.path.join(workdir, export.EXPORT_DIR) if chief
+               else tempfile.mkdtemp())
+  export.export_saved_model(model, directory)
+  if chief:
+    logging.info('Exported the model to %s', directory)
+  else:
+    tf.io.gfile.rmtree(directory)
 
 
 def train_and_evaluate(config, workdir: str) -> TrainResult:
@@ -148,6 +171,9 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
       strategy=strategy, model=model,
       num_steps=input_pipeline.eval_steps(len(test_split), eval_batch))
   writer = reporting.MetricsWriter(workdir, resume_step=step) if chief else None
+  board = summaries.Summaries(workdir,
+                              enabled=chief and config.outputs.tensorboard)
+  board.write_config(config)
   preemption = _preemption_handler(strategy, checkpointer)
 
   def learning_rate():
@@ -187,6 +213,10 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
         epoch_train_s += loop_s
         steps_per_s = (step - loops_first_step) / (time.time() - loops_start)
         count = max(result['count'], 1)
+        board.write_train(step, loss=result['loss'] / count,
+                          accuracy=result['correct'] / count,
+                          learning_rate=learning_rate(),
+                          examples_per_s=result['count'] / loop_s)
         logging.info(reporting.loop_line(
             step=step, total_steps=total_steps, epoch=epoch + 1,
             epochs=config.train.epochs, loss=result['loss'] / count,
@@ -225,8 +255,21 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
                    100 * record['eval_accuracy'], record['eval_examples'])
       if writer:
         writer.write(record)
+        reporting.report_to_tuning_service(writer.records,
+                                           metric='eval_accuracy')
+      board.write_eval(
+          step, loss=record['eval_loss'], accuracy=record['eval_accuracy'],
+          misclassified_images=None if kind == 'TPU' or not board.enabled
+          else _misclassified(model, test_split))
       epoch_sums.assign(tf.zeros([4], tf.float64))
       checkpointer.save(step)
       last_saved = step
       stop_if_asked()
+  board.close()
+  if records and config.outputs.saved_model:
+    _export(model, workdir, chief=chief)
+  if records and chief and config.outputs.plots:
+    written = plots.make_all(workdir)
+    logging.info('Wrote %d plots to %s', len(written),
+                 os.path.join(workdir, plots.PLOTS_DIR))
   return TrainResult(model=model, metrics=records)

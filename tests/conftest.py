@@ -47,6 +47,10 @@ def small_config(overrides=None):
   config.train.global_batch_size = 64
   config.train.steps_per_loop = 8
   config.train.eval_batch_size = 300
+  # Each costs seconds; the tests that are about them turn them on.
+  config.outputs.tensorboard = False
+  config.outputs.saved_model = False
+  config.outputs.plots = False
   for key, value in (overrides or {}).items():
     *sections, name = key.split('.')
     node = config

@@ -38,7 +38,8 @@ def test_two_workers_match_one_process_over_two_devices(tmp_path, mnist_dir):
 
   # The chief alone writes, and only the chief's progress is logged.
   assert sorted(os.listdir(tmp_path / 'cluster')) == [
-      'checkpoints', 'config.json', 'metrics.jsonl']
+      'checkpoints', 'config.json', 'export', 'metrics.jsonl', 'plots',
+      'tensorboard']
   assert re.search(r'\[worker 0\] .*step 468/468', output)
   assert not re.search(r'\[worker 1\] .*step \d+/468', output)
 

@@ -29,6 +29,9 @@ def test_conv_bn_one_epoch_on_real_mnist(tmp_path, mnist_dir):
                    'eval_accuracy', 'eval_examples', 'learning_rate',
                    'elapsed_s', 'examples_per_s'}
   assert expected_keys <= set(record)
+  for output in ('export/saved_model.pb', 'plots/training_curves.png',
+                 'plots/predictions.png', 'tensorboard/eval', 'config.json'):
+    assert os.path.exists(tmp_path / output), output
   loop_lines = [l for l in process.stderr.splitlines() if 'examples/s' in l]
   assert len(loop_lines) == 10  # 937 steps in loops of 100.
   assert 'step 937/937 epoch 1/1' in loop_lines[-1] and 'ETA' in loop_lines[-1]

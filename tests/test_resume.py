@@ -180,3 +180,4 @@ def test_config_json_records_the_run(tmp_path):
   train.train_and_evaluate(config, str(tmp_path))
   with open(tmp_path / checkpoints.CONFIG_FILE) as f:
     assert json.load(f) == json.loads(config.to_json())
+

@@ -1,0 +1,73 @@
+"""Exports a trained model as a SavedModel that serves digits; loads it back.
+
+The SavedModel's one signature, `serving_default`, takes what MNIST is made
+of, uint8 images [N, 28, 28] (input `images`), and returns what a caller
+wants: `probabilities` (float32 [N, 10], the softmax of the logits) and
+`classes` (int64 [N], the most likely digit). It holds the whole graph, so
+TensorFlow Serving, `saved_model_cli` or plain `tf.saved_model.load` in a
+process that never imports mnist_dist can run it.
+"""
+
+from typing import Callable
+
+from absl import logging
+import keras
+import numpy as np
+import tensorflow as tf
+
+EXPORT_DIR = 'export'  # WORKDIR/export.
+SIGNATURE = 'serving_default'
+
+
+def export_saved_model(model: keras.Model, export_dir: str) -> None:
+  """Writes model, softmax and argmax included, as a SavedModel to export_dir.
+
+  Args:
+    model: a model of `models.create_model` (uint8 images in, logits out),
+      trained under any strategy: only the variables' values are saved.
+    export_dir: the SavedModel's folder (local or gs://).
+  """
+
+  def serve(images):
+    logits = model(images, training=False)  # Dropout off, batch norm frozen.
+    return {'probabilities': tf.nn.softmax(logits),
+            'classes': tf.argmax(logits, axis=-1)}
+
+  archive = keras.export.ExportArchive()
+  archive.track(model)
+  # Naming the endpoint serving_default makes it the one signature.
+  archive.add_endpoint(
+      SIGNATURE, serve,
+      input_signature=[tf.TensorSpec([None, 28, 28], tf.uint8, name='images')])
+  # Saving sets absl's logger to the verbosity absl reports, which in a
+  # process that never parsed absl's flags (tests, notebooks) turns its
+  # inherited level into WARNING and silences every later logging.info.
+  absl_logger = logging.get_absl_logger()
+  level = absl_logger.level
+  try:
+    archive.write_out(export_dir, verbose=False)
+  finally:
+    absl_logger.setLevel(level)
+
+
+def load_predict_fn(
+    export_dir: str, *, batch_size: int = 1000
+) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+  """Loads an export; returns predict(images) -> (probabilities, classes).
+
+  The returned function takes uint8 images [N, 28, 28] as numpy and returns
+  numpy arrays, float32 [N, 10] and int64 [N]. It feeds the images
+  batch_size at a time, so a whole test set does not need the memory of one
+  giant batch.
+  """
+  loaded = tf.saved_model.load(export_dir)
+
+  def predict(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    # Looked up here so that predict keeps `loaded`, which owns the variables.
+    serve = loaded.signatures[SIGNATURE]
+    outputs = [serve(images=tf.constant(images[i:i + batch_size]))
+               for i in range(0, len(images), batch_size)]
+    return (np.concatenate([o['probabilities'].numpy() for o in outputs]),
+            np.concatenate([o['classes'].numpy() for o in outputs]))
+
+  return predict

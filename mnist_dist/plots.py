@@ -1,0 +1,286 @@
+r"""Pictures of a run, as PNGs in WORKDIR/plots/, made without retraining.
+
+  mnist-dist-plots WORKDIR
+  python -m mnist_dist.plots WORKDIR
+
+reads WORKDIR/metrics.jsonl, config.json and export/ and writes:
+
+  training_curves.png   loss and accuracy, train vs test, epoch by epoch
+  learning_rate.png     the schedule the optimizer followed, step by step
+  predictions.png       the first test digits, each with the predicted class
+  worst_mistakes.png    the wrong predictions the model was surest of
+  confusion_matrix.png  true class against predicted class on the test set
+
+The last three run the exported model on the test split of the run's own
+config, and are skipped when there is no export. matplotlib draws off-screen
+(its Agg renderer, through the object-oriented API rather than pyplot): no
+display needed, and no global state changed in a process that calls this.
+"""
+
+import argparse
+import io
+import json
+import math
+import os
+import sys
+
+from absl import app
+from absl import logging
+from absl.flags import argparse_flags
+import matplotlib.colors
+from matplotlib.figure import Figure
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from mnist_dist import checkpoints
+from mnist_dist import export
+from mnist_dist import idx
+from mnist_dist import input_pipeline
+from mnist_dist import optimizers
+from mnist_dist import reporting
+
+PLOTS_DIR = 'plots'
+DPI = 100
+WRONG = 'tab:red'
+TRAIN, TEST = 'tab:blue', 'tab:orange'
+
+
+def _save(figure: Figure, path: str) -> None:
+  # Through a buffer, so that the path may be on gs:// too.
+  buffer = io.BytesIO()
+  figure.savefig(buffer, format='png')
+  with tf.io.gfile.GFile(path, 'wb') as f:
+    f.write(buffer.getvalue())
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run recorded in WORKDIR/config.json."""
+  path = os.path.join(workdir, checkpoints.CONFIG_FILE)
+  if not tf.io.gfile.exists(path):
+    raise FileNotFoundError(f'{path}: no such file; is {workdir} a workdir?')
+  with tf.io.gfile.GFile(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def plot_training_curves(records: list[dict], path: str, *,
+                         dpi: int = DPI) -> None:
+  """The codelab's two panels: loss and accuracy per epoch, train and test.
+
+  Train values are means over each epoch, in training mode (dropout on);
+  test values are measured on the whole test set at each epoch's end.
+  """
+  epochs = [r['epoch'] for r in records]
+  figure = Figure(figsize=(10, 4), dpi=dpi, layout='constrained')
+  loss, accuracy = figure.subplots(1, 2)
+  for key, label, color in (('train', 'train (epoch mean)', TRAIN),
+                            ('eval', 'test', TEST)):
+    loss.plot(epochs, [r[f'{key}_loss'] for r in records], 'o-', color=color,
+              label=label)
+    accuracy.plot(epochs, [100 * r[f'{key}_accuracy'] for r in records], 'o-',
+                  color=color, label=label)
+  loss.set(title='loss', xlabel='epoch', ylabel='cross-entropy')
+  accuracy.set(title='accuracy', xlabel='epoch', ylabel='%')
+  for axes in (loss, accuracy):
+    axes.xaxis.get_major_locator().set_params(integer=True)
+    axes.grid(alpha=0.3)
+    axes.legend()
+  figure.suptitle(f'test accuracy {records[-1]["eval_accuracy"]:.2%} after '
+                  f'epoch {records[-1]["epoch"]}')
+  _save(figure, path)
+
+
+def plot_learning_rate(config: ml_collections.ConfigDict, records: list[dict],
+                       path: str, *, dpi: int = DPI) -> None:
+  """The schedule of config.optimizer at every step of the planned epochs.
+
+  Recomputed with the trainer's own `optimizers.learning_rate_schedule`; the
+  values metrics.jsonl recorded (each epoch's last step) are marked on it,
+  so a schedule that was not followed would show.
+  """
+  # Every record is written at an epoch's end: step = epoch * steps_per_epoch.
+  steps_per_epoch = records[-1]['step'] // records[-1]['epoch']
+  schedule = optimizers.learning_rate_schedule(config.optimizer,
+                                               steps_per_epoch=steps_per_epoch)
+  steps = np.arange(config.train.epochs * steps_per_epoch)
+  figure = Figure(figsize=(7, 4), dpi=dpi, layout='constrained')
+  axes = figure.subplots()
+  axes.plot(steps / steps_per_epoch, np.asarray(schedule(steps)), color=TRAIN,
+            label='schedule, per step')
+  recorded = np.array([r['step'] - 1 for r in records])
+  axes.plot(recorded / steps_per_epoch, [r['learning_rate'] for r in records],
+            'o', color=TEST, label="metrics.jsonl (each epoch's last step)")
+  kind = 'per epoch' if config.optimizer.staircase else 'per step'
+  axes.set(yscale='log', xlabel='epoch', ylabel='learning rate',
+           title=f'{config.optimizer.name}: {config.optimizer.learning_rate:g} '
+           f'* {config.optimizer.decay_rate:g}^epoch, decayed {kind}')
+  axes.yaxis.set_major_formatter('{x:.3g}')  # 0.005, not 5x10^-3.
+  axes.yaxis.set_minor_formatter('{x:.3g}')
+  axes.grid(alpha=0.3, which='both')
+  axes.legend()
+  _save(figure, path)
+
+
+def plot_digit_grid(images: np.ndarray, captions: list[str],
+                    wrong: np.ndarray, path: str, *, title: str,
+                    columns: int = 10, dpi: int = DPI) -> list[int]:
+  """Draws digits in a grid, each captioned; wrong ones in red, framed red.
+
+  Args:
+    images: uint8 [N, 28, 28], MNIST's white ink on black (drawn inverted,
+      black on white, as on paper).
+    captions: one per image, shown under it.
+    wrong: bool [N], the cells to mark.
+    path: the PNG to write.
+    title: the figure's title.
+    columns: cells per row.
+    dpi: resolution of the PNG.
+
+  Returns:
+    The indices of the cells whose caption was drawn red, read back from the
+    drawing itself rather than from `wrong`.
+  """
+  rows = max(1, math.ceil(len(images) / columns))
+  figure = Figure(figsize=(columns * 0.8, rows * 1.05 + 0.4), dpi=dpi,
+                  layout='constrained')
+  cells = figure.subplots(rows, columns, squeeze=False).ravel()
+  for cell in cells:
+    cell.set_axis_off()
+  for cell, image, caption, is_wrong in zip(cells, images, captions, wrong):
+    color = WRONG if is_wrong else 'black'
+    cell.set_axis_on()
+    # Nearest: crisp 28x28 pixels, and a PNG a third the size of smoothed ones.
+    cell.imshow(image, cmap='gray_r', vmin=0, vmax=255,
+                interpolation='nearest')
+    cell.set_xticks([])
+    cell.set_yticks([])
+    cell.set_xlabel(caption, color=color, fontsize=11, labelpad=2)
+    for spine in cell.spines.values():
+      spine.set(color=color if is_wrong else 'lightgray',
+                linewidth=2 if is_wrong else 0.5)
+  figure.suptitle(title)
+  _save(figure, path)
+  return [i for i, cell in enumerate(cells) if cell.axison and
+          matplotlib.colors.same_color(cell.xaxis.label.get_color(), WRONG)]
+
+
+def plot_predictions(images: np.ndarray, labels: np.ndarray,
+                     classes: np.ndarray, path: str, *, count: int = 100,
+                     dpi: int = DPI) -> list[int]:
+  """The first `count` test digits, each with its predicted class.
+
+  Returns:
+    The cells drawn red, as `plot_digit_grid` reads them back.
+  """
+  images, labels, classes = images[:count], labels[:count], classes[:count]
+  wrong = classes != labels
+  return plot_digit_grid(
+      images, [str(c) for c in classes], wrong, path, dpi=dpi,
+      title=f'the first {len(images)} test digits and the predicted class: '
+      f'{wrong.sum()} wrong, in red')
+
+
+def plot_worst_mistakes(images: np.ndarray, labels: np.ndarray,
+                        probabilities: np.ndarray, path: str, *,
+                        count: int = 40, dpi: int = DPI) -> np.ndarray:
+  """The wrong predictions made with the highest probability, surest first.
+
+  Returns:
+    The indices, into images, of the digits shown.
+  """
+  classes = probabilities.argmax(axis=-1)
+  wrong = np.flatnonzero(classes != labels)
+  confidence = probabilities[wrong, classes[wrong]]
+  worst = wrong[np.argsort(-confidence, kind='stable')][:count]
+  plot_digit_grid(
+      images[worst],
+      [f'{classes[i]} ({probabilities[i, classes[i]]:.0%})\ntrue {labels[i]}'
+       for i in worst],
+      np.ones(len(worst), bool), path, dpi=dpi,
+      title=f'the {len(worst)} surest of {len(wrong)} mistakes on '
+      f'{len(labels)} test digits: predicted (probability), true')
+  return worst
+
+
+def plot_confusion_matrix(labels: np.ndarray, classes: np.ndarray, path: str,
+                          *, dpi: int = DPI) -> np.ndarray:
+  """Counts of (true, predicted) pairs; returns the [10, 10] matrix drawn."""
+  counts = np.zeros((idx.NUM_CLASSES, idx.NUM_CLASSES), np.int64)
+  np.add.at(counts, (labels.astype(np.int64), classes), 1)
+  figure = Figure(figsize=(6.5, 5.5), dpi=dpi, layout='constrained')
+  axes = figure.subplots()
+  # Log colors, zeros blank: the few mistakes stand out next to the diagonal.
+  image = axes.imshow(np.ma.masked_equal(counts, 0), cmap='Blues',
+                      norm=matplotlib.colors.LogNorm(vmin=1))
+  figure.colorbar(image, ax=axes, label='test digits')
+  for (true, predicted), count in np.ndenumerate(counts):
+    if count:  # White on the darker half of the log scale.
+      axes.text(predicted, true, str(count), ha='center', va='center',
+                fontsize=8,
+                color='white' if count**2 > counts.max() else 'black')
+  ticks = range(idx.NUM_CLASSES)
+  axes.set(xticks=ticks, yticks=ticks, xlabel='predicted', ylabel='true',
+           title=f'confusion matrix: {np.trace(counts)} of {len(labels)} '
+           f'right ({np.trace(counts) / len(labels):.2%})')
+  _save(figure, path)
+  return counts
+
+
+def make_all(workdir: str, *, dpi: int = DPI) -> list[str]:
+  """Writes every plot that WORKDIR's files allow; returns their paths."""
+  config = read_config(workdir)
+  records = reporting.read_metrics(workdir)
+  plots_dir = os.path.join(workdir, PLOTS_DIR)
+  tf.io.gfile.makedirs(plots_dir)
+  written = []
+
+  def path(name):  # The path of a plot, noted as written.
+    written.append(os.path.join(plots_dir, name))
+    return written[-1]
+
+  if records:
+    plot_training_curves(records, path('training_curves.png'), dpi=dpi)
+    plot_learning_rate(config, records, path('learning_rate.png'), dpi=dpi)
+  else:
+    logging.warning('%s: no evaluations yet; no curves', workdir)
+  export_dir = os.path.join(workdir, export.EXPORT_DIR)
+  if not tf.io.gfile.exists(export_dir):
+    logging.warning('%s: no export; no predictions', export_dir)
+    return written
+  _, test = input_pipeline.load(config.data, seed=config.seed)
+  probabilities, classes = export.load_predict_fn(export_dir)(test.images)
+  plot_predictions(test.images, test.labels, classes,
+                   path('predictions.png'), dpi=dpi)
+  plot_worst_mistakes(test.images, test.labels, probabilities,
+                      path('worst_mistakes.png'), dpi=dpi)
+  plot_confusion_matrix(test.labels, classes, path('confusion_matrix.png'),
+                        dpi=dpi)
+  return written
+
+
+def _parse_flags(argv: list[str]) -> argparse.Namespace:
+  parser = argparse_flags.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('workdir', metavar='WORKDIR',
+                      help='The --workdir of a run (local or gs://).')
+  parser.add_argument('--dpi', type=int, default=DPI,
+                      help='Resolution of the PNGs (default: %(default)s).')
+  return parser.parse_args(argv[1:])
+
+
+def main(args: argparse.Namespace) -> None:
+  try:
+    for path in make_all(args.workdir, dpi=args.dpi):
+      print(path)
+  except (OSError, idx.DataError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+
+
+def run():
+  """Console-script entry point."""
+  app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == '__main__':
+  run()

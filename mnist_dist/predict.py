@@ -1,0 +1,152 @@
+r"""Reads digits from image files with an exported model.
+
+  mnist-dist-predict --model=WORKDIR/export seven.png photo.jpg
+  python -m mnist_dist.predict --model=WORKDIR/export --json seven.png
+
+Any PNG or JPEG works: any size, dark ink on a light background or light on
+dark, grayscale or color. Each image is first made to look like an MNIST digit
+(see `preprocess`), then one line per image is printed: `PATH: DIGIT (PROB%)`,
+or with --json one JSON object per line. A file that cannot be read gets an
+`error: PATH: ...` line on stderr, the others are still answered, and the exit
+code is then 1.
+"""
+
+import argparse
+import io
+import json
+import sys
+
+from absl import app
+from absl.flags import argparse_flags
+import numpy as np
+from PIL import Image
+from PIL import ImageOps
+from PIL import UnidentifiedImageError
+import tensorflow as tf
+
+from mnist_dist import export
+
+EXIT_FAILED = 1  # A file could not be read, or the model could not be loaded.
+BOX = 20  # MNIST fits each digit into 20x20 pixels...
+SIZE = 28  # ...and centres it by its centre of mass in 28x28.
+
+
+def preprocess(image: Image.Image) -> np.ndarray:
+  """Makes any picture of one digit look like MNIST: uint8 [28, 28].
+
+  MNIST was made from black-and-white scans: each digit was scaled to fit a
+  20x20 box keeping its aspect ratio (the anti-aliasing makes the grays), then
+  placed in a 28x28 field with its centre of mass at the centre, white ink on
+  black. This repeats those steps on an arbitrary picture:
+
+  1. grayscale, transparent parts on white, turned upright as EXIF says;
+  2. ink made light: the image is inverted if its border, which is mostly
+     background, is lighter than mid-gray;
+  3. black and white: a pixel is ink if it is closer to the brightest ink
+     than to the border's level, which also drops paper texture and JPEG noise;
+  4. cropped to the ink's bounding box, scaled to fit 20x20, and placed with
+     its centre of mass at the centre of 28x28.
+
+  Raises:
+    ValueError: the image is one flat color: no ink to read.
+  """
+  rgba = ImageOps.exif_transpose(image).convert('RGBA')
+  white = Image.new('RGBA', rgba.size, 'white')
+  gray = np.asarray(Image.alpha_composite(white, rgba).convert('L'), np.float32)
+  background = np.median(
+      np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]]))
+  if background > 127:
+    gray, background = 255 - gray, 255 - background
+  if gray.max() <= background:
+    raise ValueError('no digit found: the image is one flat color')
+  ink = gray > (background + gray.max()) / 2
+
+  rows = np.flatnonzero(ink.any(axis=1))
+  columns = np.flatnonzero(ink.any(axis=0))
+  ink = ink[rows[0]:rows[-1] + 1, columns[0]:columns[-1] + 1]
+  height, width = ink.shape
+  scale = BOX / max(height, width)
+  digit = np.clip(np.asarray(Image.fromarray(ink).convert('L').resize(
+      (max(1, round(width * scale)), max(1, round(height * scale))),
+      Image.Resampling.LANCZOS), np.float32), 0, 255)
+
+  # MNIST's centre of mass is pixel (14, 14): 14.0 +- 0.3 over its test set.
+  weights = digit / digit.sum()
+  center_y = (weights.sum(axis=1) * np.arange(digit.shape[0])).sum()
+  center_x = (weights.sum(axis=0) * np.arange(digit.shape[1])).sum()
+  # Clipped so that a digit whose mass sits far off-centre stays whole.
+  top = int(np.clip(round(SIZE // 2 - center_y), 0, SIZE - digit.shape[0]))
+  left = int(np.clip(round(SIZE // 2 - center_x), 0, SIZE - digit.shape[1]))
+  field = np.zeros((SIZE, SIZE), np.uint8)
+  field[top:top + digit.shape[0], left:left + digit.shape[1]] = digit.round()
+  return field
+
+
+def _read_image(path: str) -> np.ndarray:
+  """preprocess() of the image at path (local or gs://).
+
+  Raises:
+    ValueError: naming what is wrong with the file, without its path.
+  """
+  try:
+    with tf.io.gfile.GFile(path, 'rb') as f:
+      raw = f.read()
+  except tf.errors.NotFoundError as e:
+    raise ValueError('no such file') from e
+  except tf.errors.OpError as e:
+    raise ValueError(f'cannot read ({e.message.split("; ")[-1]})') from e
+  try:
+    with Image.open(io.BytesIO(raw)) as image:
+      return preprocess(image)
+  except UnidentifiedImageError as e:
+    raise ValueError('not an image Pillow can read') from e
+  except OSError as e:  # Truncated or corrupt image data.
+    raise ValueError(f'cannot decode ({e})') from e
+
+
+def _parse_flags(argv: list[str]) -> argparse.Namespace:
+  parser = argparse_flags.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--model', required=True, metavar='EXPORT_DIR',
+                      help='The exported model: WORKDIR/export of a run.')
+  parser.add_argument('--json', action='store_true',
+                      help='Print one JSON object per line and image: path, '
+                      'digit, probability and all 10 probabilities.')
+  parser.add_argument('images', nargs='+', metavar='IMAGE',
+                      help='PNG or JPEG files, local or gs://.')
+  return parser.parse_args(argv[1:])
+
+
+def main(args: argparse.Namespace) -> None:
+  try:
+    predict = export.load_predict_fn(args.model)
+  except OSError as e:
+    print(f'error: --model={args.model}: {e}', file=sys.stderr)
+    sys.exit(EXIT_FAILED)
+  paths, digits = [], []
+  for path in args.images:
+    try:
+      digits.append(_read_image(path))
+      paths.append(path)
+    except ValueError as e:
+      print(f'error: {path}: {e}', file=sys.stderr)
+  if digits:
+    probabilities, classes = predict(np.stack(digits))
+    for path, p, digit in zip(paths, probabilities, classes):
+      if args.json:
+        p = [float(f'{q:.4g}') for q in p]  # 4 significant digits.
+        print(json.dumps({'path': path, 'digit': int(digit),
+                          'probability': p[digit], 'probabilities': p}))
+      else:
+        print(f'{path}: {digit} ({p[digit]:.1%})')
+  if len(paths) < len(args.images):
+    sys.exit(EXIT_FAILED)
+
+
+def run():
+  """Console-script entry point."""
+  app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == '__main__':
+  run()

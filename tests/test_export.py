@@ -1,0 +1,117 @@
+"""The SavedModel serves the model's softmax and argmax to plain TensorFlow."""
+
+import json
+import subprocess
+import sys
+
+from absl import logging as absl_logging
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import small_config
+from mnist_dist import export
+from mnist_dist import models
+from mnist_dist import strategy as strategy_lib
+
+# Run by a fresh interpreter: TensorFlow alone, as a server or a user would.
+_LOAD_AND_PREDICT = """
+import json, sys
+from absl import logging as absl_logging
+import keras
+import numpy as np
+import tensorflow as tf
+serve = tf.saved_model.load(sys.argv[1]).signatures['serving_default']
+outputs = serve(images=tf.constant(np.load(sys.argv[2])))
+np.savez(sys.argv[3], **{k: v.numpy() for k, v in outputs.items()})
+(spec,) = serve.structured_input_signature[1].values()
+print(json.dumps({
+    'input': [spec.name, spec.dtype.name, spec.shape.as_list()],
+    'outputs': {k: [v.dtype.name, v.shape.as_list()]
+                for k, v in serve.structured_outputs.items()},
+    'imported_mnist_dist': any(m.startswith('mnist_dist') for m in sys.modules),
+}))
+"""
+
+
+def _trained_looking_model(cpu_devices):
+  """conv_bn, built under the strategy a run of cpu_devices would use."""
+  config = small_config({'distribution.cpu_devices': cpu_devices})
+  with strategy_lib.create_strategy(config.distribution).scope():
+    model = models.create_model(config.model)
+  # Batch-norm statistics away from their initial 0 and 1, so that a serving
+  # graph that used batch statistics or skipped them would answer differently.
+  rng = np.random.default_rng(0)
+  for layer in model.layers:
+    if isinstance(layer, keras.layers.BatchNormalization):
+      shape = layer.moving_mean.shape
+      layer.moving_mean.assign(rng.normal(size=shape))
+      layer.moving_variance.assign(rng.uniform(0.5, 2.0, size=shape))
+  return model
+
+
+@pytest.mark.parametrize('cpu_devices', [0, 2])
+def test_plain_tensorflow_reproduces_the_model(tmp_path, cpu_devices):
+  model = _trained_looking_model(cpu_devices)
+  export_dir = str(tmp_path / 'export')
+  export.export_saved_model(model, export_dir)
+  images = np.random.default_rng(0).integers(0, 256, (7, 28, 28), np.uint8)
+  np.save(tmp_path / 'images.npy', images)
+
+  process = subprocess.run(
+      [sys.executable, '-c', _LOAD_AND_PREDICT, export_dir,
+       str(tmp_path / 'images.npy'), str(tmp_path / 'outputs.npz')],
+      cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+  assert process.returncode == 0, process.stderr[-3000:]
+  described = json.loads(process.stdout.strip().splitlines()[-1])
+  assert described == {
+      'input': ['images', 'uint8', [None, 28, 28]],
+      'outputs': {'probabilities': ['float32', [None, 10]],
+                  'classes': ['int64', [None]]},
+      'imported_mnist_dist': False,
+  }
+  served = np.load(tmp_path / 'outputs.npz')
+  logits = model(images, training=False).numpy()
+  np.testing.assert_allclose(served['probabilities'],
+                             tf.nn.softmax(logits).numpy(), rtol=1e-5,
+                             atol=1e-7)
+  np.testing.assert_array_equal(served['classes'], np.argmax(logits, axis=-1))
+
+
+def test_load_predict_fn_batches_and_returns_numpy(tmp_path):
+  model = _trained_looking_model(0)
+  export.export_saved_model(model, str(tmp_path))
+  images = np.random.default_rng(1).integers(0, 256, (25, 28, 28), np.uint8)
+  probabilities, classes = export.load_predict_fn(str(tmp_path),
+                                                  batch_size=10)(images)
+  assert probabilities.shape == (25, 10) and probabilities.dtype == np.float32
+  assert classes.shape == (25,) and classes.dtype == np.int64
+  np.testing.assert_allclose(
+      probabilities, tf.nn.softmax(model(images, training=False)).numpy(),
+      rtol=1e-5, atol=1e-7)
+  np.testing.assert_array_equal(classes, np.argmax(probabilities, axis=-1))
+
+
+def test_saved_model_cli_describes_the_signature(tmp_path):
+  export.export_saved_model(_trained_looking_model(0), str(tmp_path))
+  process = subprocess.run(
+      [sys.executable, '-m', 'tensorflow.python.tools.saved_model_cli', 'show',
+       '--dir', str(tmp_path), '--tag_set', 'serve',
+       '--signature_def', 'serving_default'],
+      capture_output=True, text=True, timeout=120, check=False)
+  assert process.returncode == 0, process.stderr[-3000:]
+  shown = ' '.join(process.stdout.split())
+  assert ("inputs['images'] tensor_info: dtype: DT_UINT8 shape: (-1, 28, 28)"
+          in shown), process.stdout
+  assert "outputs['classes'] tensor_info: dtype: DT_INT64 shape: (-1)" in shown
+  assert ("outputs['probabilities'] tensor_info: dtype: DT_FLOAT "
+          'shape: (-1, 10)' in shown)
+
+
+def test_exporting_leaves_absl_logging_as_it_was(tmp_path):
+  # TensorFlow's saving resets absl's logger level: in a process that did not
+  # parse absl's flags, every later logging.info would be silenced.
+  level = absl_logging.get_absl_logger().level
+  export.export_saved_model(_trained_looking_model(0), str(tmp_path))
+  assert absl_logging.get_absl_logger().level == level
