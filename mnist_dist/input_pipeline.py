@@ -107,20 +107,27 @@ def train_dataset(ctx: tf.distribute.InputContext, split: Split, *,
   first_epoch, skip = divmod(start_step * global_batch_size, num_examples)
 
   def epoch_order(epoch):
-    return tf.data.Dataset.from_tensor_slices(
-        tf.random.experimental.stateless_shuffle(
-            tf.range(num_examples), seed=tf.stack([tf.cast(seed, tf.int64),
-                                                   epoch])))
+    order = tf.random.experimental.stateless_shuffle(
+        tf.range(num_examples), seed=tf.stack([tf.cast(seed, tf.int64), epoch]))
+    return order[tf.where(epoch == first_epoch, skip, 0):]
+
+  def cut_into_batches(leftover, order):
+    # The epochs laid end to end: a batch may straddle two of them.
+    stream = tf.concat([leftover, order], axis=0)
+    full = tf.size(stream) // global_batch_size * global_batch_size
+    return stream[full:], tf.reshape(stream[:full], [-1, global_batch_size])
 
   images = tf.constant(split.images)
   labels = tf.constant(split.labels, tf.int32)
-  order = (tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max)
-           .flat_map(epoch_order)
-           .skip(skip)
-           .batch(global_batch_size, drop_remainder=True)
-           .map(lambda i: tf.reshape(i[lo:hi], [local_replicas, per_replica]))
-           .unbatch())
-  return (order
+  # Whole index vectors from op to op, never one example at a time: per-example
+  # tf.data elements cost ~20% of a dense model's step on 2 cores.
+  batches = (tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max)
+             .map(epoch_order)
+             .scan(tf.zeros([0], tf.int32), cut_into_batches)
+             .unbatch()
+             .map(lambda i: tf.reshape(i[lo:hi], [local_replicas, per_replica]))
+             .unbatch())
+  return (batches
           .map(lambda i: (tf.gather(images, i), tf.gather(labels, i)),
                num_parallel_calls=AUTOTUNE, deterministic=True)
           .prefetch(AUTOTUNE))
