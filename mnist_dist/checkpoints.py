@@ -21,6 +21,7 @@ CONFIG_FILE = 'config.json'
 RUN_DEFINING_KEYS = (
     'seed', 'model.name', 'optimizer.name', 'train.global_batch_size',
     'train.precision', 'data.source', 'data.train_examples',
+    'data.validation_split',
 )
 
 

@@ -44,6 +44,10 @@ def default_config() -> ml_collections.ConfigDict:
   config.data.tfds_dir = ''
   # N > 0: train on the first N training examples only (quick tries, tests).
   config.data.train_examples = 0
+  # N > 0: hold the last N training images out as a validation set. Every
+  # epoch is then evaluated on it, and the test set once, at the end. 0: the
+  # test set is evaluated every epoch, as in the codelab.
+  config.data.validation_split = 0
   # Sizes of the random data of source=synthetic.
   config.data.synthetic_train_examples = TRAIN_EXAMPLES
   config.data.synthetic_eval_examples = EVAL_EXAMPLES
@@ -63,6 +67,9 @@ def default_config() -> ml_collections.ConfigDict:
   # A NaN/Inf loss: 'stop' the run (exit code 3, last good checkpoint kept),
   # or 'skip' the step (no update; counted as nonfinite_steps in metrics).
   config.train.on_nonfinite_loss = 'stop'
+  # > 0: stop after the first evaluation at or above this accuracy (on the
+  # validation set when there is one).
+  config.train.stop_at_accuracy = 0.0
 
   # WORKDIR/checkpoints: saved every N steps (at the first loop end past each
   # multiple), after every epoch's evaluation, and on SIGTERM/SIGINT.
@@ -130,6 +137,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'model.dropout={config.model.dropout} must be in [0, 1)')
   if config.train.steps_per_loop < 0:
     raise ConfigError('train.steps_per_loop must be >= 0 (0: auto)')
+  if config.data.validation_split < 0:
+    raise ConfigError('data.validation_split must be >= 0 (0: none)')
+  if not 0 <= config.train.stop_at_accuracy <= 1:
+    raise ConfigError(
+        f'train.stop_at_accuracy={config.train.stop_at_accuracy} must be in '
+        '[0, 1] (0: never stop early)')
   if config.data.train_examples < 0:
     raise ConfigError('data.train_examples must be >= 0 (0: all)')
   if config.distribution.cpu_devices < 0:

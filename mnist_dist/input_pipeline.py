@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from mnist_dist import idx
+from mnist_dist.config import ConfigError
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -67,6 +68,15 @@ def load(data_config, *, seed: int) -> tuple[Split, Split]:
     train = Split(train.images[:data_config.train_examples],
                   train.labels[:data_config.train_examples])
   return train, test
+
+
+def hold_out(train: Split, count: int) -> tuple[Split, Split]:
+  """(the first len - count examples, the last count) of a training split."""
+  if count >= len(train):
+    raise ConfigError(f'data.validation_split={count} leaves no training '
+                      f'examples of {len(train)}')
+  return (Split(train.images[:-count], train.labels[:-count]),
+          Split(train.images[-count:], train.labels[-count:]))
 
 
 def _load_source(data_config, *, seed: int) -> tuple[Split, Split]:

@@ -106,6 +106,10 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
   keras.utils.set_random_seed(config.seed)
 
   train_split, test_split = input_pipeline.load(config.data, seed=config.seed)
+  eval_split = test_split  # The codelab validates on the test set.
+  if config.data.validation_split:
+    train_split, eval_split = input_pipeline.hold_out(
+        train_split, config.data.validation_split)
   num_replicas = strategy.num_replicas_in_sync
   global_batch = config.train.global_batch_size
   steps_per_epoch = len(train_split) // global_batch
@@ -153,9 +157,16 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
       global_batch_size=global_batch, seed=config.seed, start_step=step))
   eval_batch = math.ceil(config.train.eval_batch_size / num_replicas) * (
       num_replicas)
-  eval_iterator = iter(_distribute(
-      strategy, input_pipeline.eval_dataset, test_split,
-      global_batch_size=eval_batch))
+
+  def evaluator(split):
+    """evaluate() -> [loss sum, correct, count] over all of split."""
+    iterator = iter(_distribute(strategy, input_pipeline.eval_dataset, split,
+                                global_batch_size=eval_batch))
+    loop = steps.make_eval_loop(
+        strategy=strategy, model=model,
+        num_steps=input_pipeline.eval_steps(len(split), eval_batch))
+    return lambda: signals.call(loop, iterator).numpy()
+
 
   logging.info('%s: %d replicas on %s, global batch %d, %d steps per epoch '
                'in loops of %d, XLA %s, precision %s', config.model.name,
@@ -167,9 +178,6 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
       strategy=strategy, model=model, optimizer=optimizer,
       global_batch_size=global_batch, jit_compile=settings.jit_compile,
       stop_on_nonfinite=stop_on_nonfinite)
-  eval_loop = steps.make_eval_loop(
-      strategy=strategy, model=model,
-      num_steps=input_pipeline.eval_steps(len(test_split), eval_batch))
   writer = reporting.MetricsWriter(workdir, resume_step=step) if chief else None
   board = summaries.Summaries(workdir,
                               enabled=chief and config.outputs.tensorboard)
@@ -189,10 +197,16 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
         checkpointer.save(step)
       raise interrupts.Interrupted(signals.requested, step)
 
+  target = config.train.stop_at_accuracy
+  if target and any(r['eval_accuracy'] >= target and r['step'] <= step
+                    for r in reporting.read_metrics(workdir)):
+    total_steps = step  # Resuming a run that had already reached its target.
+
   loops_start, loops_first_step = time.time(), step
   last_saved = step
   records = []
   with interrupts.SignalWatch() as signals:
+    evaluate = evaluator(eval_split)
     while step < total_steps:
       epoch = step // steps_per_epoch
       epoch_end = (epoch + 1) * steps_per_epoch
@@ -232,8 +246,7 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
           checkpointer.save(step)
           last_saved = step
 
-      eval_loss, eval_correct, eval_count = signals.call(
-          eval_loop, eval_iterator).numpy()
+      eval_loss, eval_correct, eval_count = evaluate()
       train_loss, train_correct, train_count, skipped = epoch_sums.numpy()
       record = {
           'step': step,
@@ -249,10 +262,23 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
           'wall_time': round(time.time(), 3),
           'examples_per_s': round(train_count / max(epoch_train_s, 1e-9), 1),
       }
-      records.append(record)
       logging.info('eval epoch %d: loss %.4f accuracy %.2f%% on %d examples',
                    epoch + 1, record['eval_loss'],
                    100 * record['eval_accuracy'], record['eval_examples'])
+      reached = bool(target) and record['eval_accuracy'] >= target
+      if reached:
+        logging.info('Reached train.stop_at_accuracy=%s: stopping.', target)
+        total_steps = step
+      if step >= total_steps and config.data.validation_split:
+        # Chosen on the validation set; the test set is looked at once.
+        test_loss, test_correct, test_count = evaluator(test_split)()
+        record.update(test_loss=float(test_loss / test_count),
+                      test_accuracy=float(test_correct / test_count),
+                      test_examples=int(test_count))
+        logging.info('test: loss %.4f accuracy %.2f%% on %d examples',
+                     record['test_loss'], 100 * record['test_accuracy'],
+                     record['test_examples'])
+      records.append(record)
       if writer:
         writer.write(record)
         reporting.report_to_tuning_service(writer.records,
@@ -260,7 +286,7 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
       board.write_eval(
           step, loss=record['eval_loss'], accuracy=record['eval_accuracy'],
           misclassified_images=None if kind == 'TPU' or not board.enabled
-          else _misclassified(model, test_split))
+          else _misclassified(model, eval_split))
       epoch_sums.assign(tf.zeros([4], tf.float64))
       checkpointer.save(step)
       last_saved = step

@@ -120,3 +120,20 @@ def test_same_seed_same_run(tmp_path):
     np.testing.assert_array_equal(w1, w2)
   other = _run(tmp_path / 'c', {**overrides, 'seed': 1})
   assert not np.array_equal(_weights(first)[0], _weights(other)[0])
+
+
+def test_validation_split_keeps_the_test_set_for_the_end(tmp_path):
+  result = _run(tmp_path, {'data.validation_split': 200, 'train.epochs': 2})
+  first, last = result.metrics
+  assert first['eval_examples'] == last['eval_examples'] == 200
+  assert first['step'] == (1024 - 200) // 64
+  assert 'test_accuracy' not in first
+  assert last['test_examples'] == 1000 and 0 <= last['test_accuracy'] <= 1
+
+
+def test_stop_at_accuracy_ends_the_run_and_stays_ended(tmp_path):
+  overrides = {'train.stop_at_accuracy': 0.01, 'train.epochs': 3,
+               'data.validation_split': 100}
+  (record,) = _run(tmp_path, overrides).metrics
+  assert record['epoch'] == 1 and 'test_accuracy' in record
+  assert _run(tmp_path, overrides).metrics == []
