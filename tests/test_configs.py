@@ -85,3 +85,11 @@ def test_run_checks(replicas, steps_per_epoch, message):
   with pytest.raises(config_lib.ConfigError, match=message):
     config_lib.check_against_run(config, num_replicas=replicas,
                                  steps_per_epoch=steps_per_epoch)
+
+
+def test_fast_config_is_chosen_on_a_validation_split():
+  config = load_config('fast')
+  config_lib.validate(config)
+  assert config.model.name == 'conv_bn' and config.train.epochs == 1
+  assert config.data.validation_split == 5000
+  assert not config.optimizer.staircase
