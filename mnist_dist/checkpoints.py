@@ -73,8 +73,8 @@ class Checkpointer:
     self.manager = tf.train.CheckpointManager(self.checkpoint, write_dir,
                                               max_to_keep=keep)
     # Every worker restores from the chief's checkpoints.
-    self._reader = tf.train.CheckpointManager(self.checkpoint, self.directory,
-                                              max_to_keep=None)
+    self._reader = self.manager if is_chief else tf.train.CheckpointManager(
+        self.checkpoint, self.directory, max_to_keep=None)
 
   def restore_latest(self) -> str | None:
     """Restores the newest readable checkpoint; returns its path or None.

@@ -158,7 +158,7 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
   eval_batch = math.ceil(config.train.eval_batch_size / num_replicas) * (
       num_replicas)
 
-  def evaluator(split):
+  def evaluator(split, signals):
     """evaluate() -> [loss sum, correct, count] over all of split."""
     iterator = iter(_distribute(strategy, input_pipeline.eval_dataset, split,
                                 global_batch_size=eval_batch))
@@ -206,7 +206,7 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
   last_saved = step
   records = []
   with interrupts.SignalWatch() as signals:
-    evaluate = evaluator(eval_split)
+    evaluate = evaluator(eval_split, signals)
     while step < total_steps:
       epoch = step // steps_per_epoch
       epoch_end = (epoch + 1) * steps_per_epoch
@@ -271,7 +271,7 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
         total_steps = step
       if step >= total_steps and config.data.validation_split:
         # Chosen on the validation set; the test set is looked at once.
-        test_loss, test_correct, test_count = evaluator(test_split)()
+        test_loss, test_correct, test_count = evaluator(test_split, signals)()
         record.update(test_loss=float(test_loss / test_count),
                       test_accuracy=float(test_correct / test_count),
                       test_examples=int(test_count))
