@@ -57,7 +57,8 @@ def main(argv):
     model = models.create_model(config.model)
     optimizer = optimizers.create_optimizer(
         config.optimizer, steps_per_epoch=steps_per_epoch,
-        precision=settings.precision, skip_nonfinite=False)
+        epochs=config.train.epochs, precision=settings.precision,
+        skip_nonfinite=False)
     optimizer.build(model.trainable_variables)
   train_loop = steps.make_train_loop(
       strategy=strategy, model=model, optimizer=optimizer,

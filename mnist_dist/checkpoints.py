@@ -19,7 +19,8 @@ CONFIG_FILE = 'config.json'
 # Keys that change the variables, the step -> example mapping or the data: a
 # checkpoint made under other values cannot continue this run.
 RUN_DEFINING_KEYS = (
-    'seed', 'model.name', 'optimizer.name', 'train.global_batch_size',
+    'seed', 'model.name', 'model.width', 'optimizer.name',
+    'train.ema_decay', 'train.global_batch_size',
     'train.precision', 'data.source', 'data.train_examples',
     'data.validation_split',
 )

@@ -12,6 +12,7 @@ MODELS = ('dense_softmax', 'dense', 'dense_dropout', 'conv', 'conv_bn')
 STRATEGIES = ('auto', 'one_device', 'mirrored', 'multi_worker_mirrored', 'tpu')
 SOURCES = ('auto', 'idx', 'tfds', 'synthetic')
 OPTIMIZERS = ('sgd', 'adam')
+SCHEDULES = ('exponential', 'cosine')
 PRECISIONS = ('auto', 'float32', 'mixed_bfloat16', 'mixed_float16')
 NONFINITE_LOSS = ('stop', 'skip')
 JIT_COMPILE = ('auto', 'on', 'off')
@@ -35,6 +36,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.model.dropout = 0.3
   # Batch statistics over the global batch instead of each replica's share.
   config.model.sync_batch_norm = False
+  # conv and conv_bn: filters of every conv layer times this (1: the codelab's
+  # 12, 24, 32).
+  config.model.width = 1
 
   config.data = ml_collections.ConfigDict()
   config.data.source = 'auto'
@@ -48,6 +52,14 @@ def default_config() -> ml_collections.ConfigDict:
   # epoch is then evaluated on it, and the test set once, at the end. 0: the
   # test set is evaluated every epoch, as in the codelab.
   config.data.validation_split = 0
+  # Random, seeded changes to every training image, drawn per example and
+  # step on the host's tf.data pipeline (every strategy): a shift of up to
+  # max_shift pixels along each axis, a rotation of up to max_rotation
+  # degrees and a zoom of up to max_scale (0.1: 90% to 110%). 0 turns each off.
+  config.data.augment = ml_collections.ConfigDict()
+  config.data.augment.max_shift = 0.0
+  config.data.augment.max_rotation = 0.0
+  config.data.augment.max_scale = 0.0
   # Sizes of the random data of source=synthetic.
   config.data.synthetic_train_examples = TRAIN_EXAMPLES
   config.data.synthetic_eval_examples = EVAL_EXAMPLES
@@ -67,6 +79,14 @@ def default_config() -> ml_collections.ConfigDict:
   # A NaN/Inf loss: 'stop' the run (exit code 3, last good checkpoint kept),
   # or 'skip' the step (no update; counted as nonfinite_steps in metrics).
   config.train.on_nonfinite_loss = 'stop'
+  # > 0: train on targets of 1 - label_smoothing for the true class and
+  # label_smoothing / 10 for every class (the reported loss is the plain one).
+  config.train.label_smoothing = 0.0
+  # > 0: keep an exponential moving average of the model's weights and
+  # batch-norm statistics, updated after every step with this decay (less at
+  # first: min(decay, (1 + n) / (10 + n)) at update n). Evaluations, the
+  # export and the returned model use the average.
+  config.train.ema_decay = 0.0
   # > 0: stop after the first evaluation at or above this accuracy (on the
   # validation set when there is one).
   config.train.stop_at_accuracy = 0.0
@@ -80,10 +100,17 @@ def default_config() -> ml_collections.ConfigDict:
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = 'adam'
   config.optimizer.learning_rate = 0.01
-  # lr = learning_rate * decay_rate ** epoch; 1.0 keeps it constant.
+  # exponential: lr = learning_rate * decay_rate ** epoch (the codelab).
+  # cosine: from 0 up to learning_rate linearly over warmup_epochs, then down
+  # to 0 along half a cosine by the end of the last epoch.
+  config.optimizer.schedule = 'exponential'
+  # For exponential: 1.0 keeps the rate constant.
   config.optimizer.decay_rate = 0.666
-  # True: the rate changes at epoch boundaries (the codelab); False: per step.
+  # For exponential. True: the rate changes at epoch boundaries (the
+  # codelab); False: per step.
   config.optimizer.staircase = True
+  # For cosine (fractions allowed).
+  config.optimizer.warmup_epochs = 0.0
 
   # What the chief leaves in the workdir besides metrics.jsonl and checkpoints.
   config.outputs = ml_collections.ConfigDict()
@@ -122,6 +149,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                 'distribution.strategy')
   _check_choice(config.data.source, SOURCES, 'data.source')
   _check_choice(config.optimizer.name, OPTIMIZERS, 'optimizer.name')
+  _check_choice(config.optimizer.schedule, SCHEDULES, 'optimizer.schedule')
   _check_choice(config.train.precision, PRECISIONS, 'train.precision')
   _check_choice(config.train.jit_compile, JIT_COMPILE, 'train.jit_compile')
   _check_choice(config.train.on_nonfinite_loss, NONFINITE_LOSS,
@@ -135,6 +163,35 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_positive(config[section][name], key)
   if not 0 <= config.model.dropout < 1:
     raise ConfigError(f'model.dropout={config.model.dropout} must be in [0, 1)')
+  if not isinstance(config.model.width, int) or config.model.width < 1:
+    raise ConfigError(f'model.width={config.model.width!r} must be an integer '
+                      '>= 1')
+  if config.model.width != 1 and config.model.name not in ('conv', 'conv_bn'):
+    raise ConfigError(f'model.width is for the conv models, not '
+                      f'{config.model.name!r}')
+  for name in ('max_shift', 'max_rotation', 'max_scale'):
+    if config.data.augment[name] < 0:
+      raise ConfigError(f'data.augment.{name}={config.data.augment[name]} '
+                        'must be >= 0 (0: off)')
+  if config.data.augment.max_scale >= 1:
+    raise ConfigError(f'data.augment.max_scale={config.data.augment.max_scale}'
+                      ' must be < 1')
+  if not 0 <= config.train.label_smoothing < 1:
+    raise ConfigError(f'train.label_smoothing={config.train.label_smoothing} '
+                      'must be in [0, 1)')
+  if not 0 <= config.train.ema_decay < 1:
+    raise ConfigError(f'train.ema_decay={config.train.ema_decay} must be in '
+                      '[0, 1) (0: off)')
+  if config.optimizer.warmup_epochs < 0:
+    raise ConfigError('optimizer.warmup_epochs must be >= 0')
+  if config.optimizer.schedule == 'cosine':
+    if config.optimizer.warmup_epochs >= config.train.epochs:
+      raise ConfigError(
+          f'optimizer.warmup_epochs={config.optimizer.warmup_epochs} leaves no '
+          f'epochs of the {config.train.epochs} to decay over')
+  elif config.optimizer.warmup_epochs:
+    raise ConfigError('optimizer.warmup_epochs is for optimizer.schedule='
+                      'cosine')
   if config.train.steps_per_loop < 0:
     raise ConfigError('train.steps_per_loop must be >= 0 (0: auto)')
   if config.data.validation_split < 0:

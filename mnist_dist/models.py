@@ -34,10 +34,15 @@ def _dense_dropout(config):
 _CONVS = ((12, 3, 1), (24, 6, 2), (32, 6, 2))  # (filters, kernel, stride)
 
 
+def _convs(config):
+  """(filters, kernel, stride) of each conv layer, widened by model.width."""
+  return [(filters * config.width, kernel, stride)
+          for filters, kernel, stride in _CONVS]
+
+
 def _conv(config):
-  del config
   stack = [layers.Reshape((28, 28, 1))]
-  for filters, kernel, stride in _CONVS:
+  for filters, kernel, stride in _convs(config):
     stack.append(layers.Conv2D(filters, kernel, strides=stride, padding='same',
                                activation='relu'))
   return stack + [layers.Flatten(), layers.Dense(200, activation='relu')]
@@ -52,7 +57,7 @@ def _conv_bn(config):
             layers.Activation('relu')]
 
   stack = [layers.Reshape((28, 28, 1))]
-  for filters, kernel, stride in _CONVS:
+  for filters, kernel, stride in _convs(config):
     stack += [layers.Conv2D(filters, kernel, strides=stride, padding='same',
                             use_bias=False)] + bn_relu()
   return stack + [layers.Flatten(), layers.Dense(200, use_bias=False),

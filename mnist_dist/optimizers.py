@@ -1,16 +1,26 @@
-"""The optimizer and its exponential learning-rate schedule."""
+"""The optimizer and its learning-rate schedule."""
 
 import keras
 
 
 def learning_rate_schedule(
-    optimizer_config, *, steps_per_epoch: int
+    optimizer_config, *, steps_per_epoch: int, epochs: int
 ) -> keras.optimizers.schedules.LearningRateSchedule:
-  """lr(step) = learning_rate * decay_rate ** (step / steps_per_epoch).
+  """The schedule of optimizer.schedule, as a function of the step.
 
+  exponential: lr(step) = learning_rate * decay_rate ** (step / steps_per_epoch).
   With staircase (the codelab's per-epoch decay) the exponent is the whole
   epoch number, so every step of epoch e uses learning_rate * decay_rate**e.
+
+  cosine: linear from 0 to learning_rate over warmup_epochs, then half a
+  cosine down to 0 at the end of the last epoch.
   """
+  if optimizer_config.schedule == 'cosine':
+    warmup_steps = round(optimizer_config.warmup_epochs * steps_per_epoch)
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=epochs * steps_per_epoch - warmup_steps,
+        warmup_target=optimizer_config.learning_rate,
+        warmup_steps=warmup_steps)
   return keras.optimizers.schedules.ExponentialDecay(
       optimizer_config.learning_rate,
       decay_steps=steps_per_epoch,
@@ -18,7 +28,7 @@ def learning_rate_schedule(
       staircase=optimizer_config.staircase)
 
 
-def create_optimizer(optimizer_config, *, steps_per_epoch: int,
+def create_optimizer(optimizer_config, *, steps_per_epoch: int, epochs: int,
                      precision: str,
                      skip_nonfinite: bool) -> keras.optimizers.Optimizer:
   """Builds the optimizer; call it inside the strategy's scope.
@@ -27,7 +37,8 @@ def create_optimizer(optimizer_config, *, steps_per_epoch: int,
   step whose gradients are not finite, on every replica alike.
   """
   schedule = learning_rate_schedule(optimizer_config,
-                                    steps_per_epoch=steps_per_epoch)
+                                    steps_per_epoch=steps_per_epoch,
+                                    epochs=epochs)
   optimizer_class = {'sgd': keras.optimizers.SGD,
                      'adam': keras.optimizers.Adam}[optimizer_config.name]
   optimizer = optimizer_class(learning_rate=schedule)
@@ -42,3 +53,4 @@ def create_optimizer(optimizer_config, *, steps_per_epoch: int,
     return keras.optimizers.LossScaleOptimizer(
         optimizer, initial_scale=1.0, dynamic_growth_steps=2**31 - 1)
   return optimizer
+

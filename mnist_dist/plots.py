@@ -100,20 +100,29 @@ def plot_learning_rate(config: ml_collections.ConfigDict, records: list[dict],
   """
   # Every record is written at an epoch's end: step = epoch * steps_per_epoch.
   steps_per_epoch = records[-1]['step'] // records[-1]['epoch']
-  schedule = optimizers.learning_rate_schedule(config.optimizer,
-                                               steps_per_epoch=steps_per_epoch)
-  steps = np.arange(config.train.epochs * steps_per_epoch)
+  schedule = optimizers.learning_rate_schedule(
+      config.optimizer, steps_per_epoch=steps_per_epoch,
+      epochs=config.train.epochs)
+  # A few hundred steps draw the curve; Keras' cosine takes one at a time.
+  total = config.train.epochs * steps_per_epoch
+  steps = np.unique(np.linspace(0, total - 1, 400).astype(int))
   figure = Figure(figsize=(7, 4), dpi=dpi, layout='constrained')
   axes = figure.subplots()
-  axes.plot(steps / steps_per_epoch, np.asarray(schedule(steps)), color=TRAIN,
-            label='schedule, per step')
+  axes.plot(steps / steps_per_epoch, [float(schedule(s)) for s in steps],
+            color=TRAIN, label='schedule, per step')
   recorded = np.array([r['step'] - 1 for r in records])
   axes.plot(recorded / steps_per_epoch, [r['learning_rate'] for r in records],
             'o', color=TEST, label="metrics.jsonl (each epoch's last step)")
-  kind = 'per epoch' if config.optimizer.staircase else 'per step'
-  axes.set(yscale='log', xlabel='epoch', ylabel='learning rate',
-           title=f'{config.optimizer.name}: {config.optimizer.learning_rate:g} '
-           f'* {config.optimizer.decay_rate:g}^epoch, decayed {kind}')
+  lr = config.optimizer.learning_rate
+  if config.optimizer.schedule == 'cosine':
+    # Linear: the warm-up starts at 0, which a log scale cannot show.
+    axes.set(title=f'{config.optimizer.name}: warm-up to {lr:g} over '
+             f'{config.optimizer.warmup_epochs:g} epochs, then cosine to 0')
+  else:
+    kind = 'per epoch' if config.optimizer.staircase else 'per step'
+    axes.set(yscale='log', title=f'{config.optimizer.name}: {lr:g} * '
+             f'{config.optimizer.decay_rate:g}^epoch, decayed {kind}')
+  axes.set(xlabel='epoch', ylabel='learning rate')
   axes.yaxis.set_major_formatter('{x:.3g}')  # 0.005, not 5x10^-3.
   axes.yaxis.set_minor_formatter('{x:.3g}')
   axes.grid(alpha=0.3, which='both')

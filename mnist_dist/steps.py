@@ -12,6 +12,8 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
+from mnist_dist import averaging
+
 SUM = tf.distribute.ReduceOp.SUM
 
 
@@ -32,10 +34,21 @@ def _per_example_loss(labels, logits):
       labels, tf.cast(logits, tf.float32))
 
 
+def _smoothed_loss(labels, logits, label_smoothing):
+  """Cross-entropy against 1 - s + s/K for the label, s/K elsewhere."""
+  num_classes = logits.shape[-1]
+  targets = (tf.one_hot(labels, num_classes) * (1 - label_smoothing) +
+             label_smoothing / num_classes)
+  return tf.nn.softmax_cross_entropy_with_logits(targets,
+                                                 tf.cast(logits, tf.float32))
+
+
 def make_train_loop(*, strategy: tf.distribute.Strategy, model: keras.Model,
                     optimizer: keras.optimizers.Optimizer,
                     global_batch_size: int, jit_compile: bool,
-                    stop_on_nonfinite: bool) -> Callable[..., dict]:
+                    stop_on_nonfinite: bool, label_smoothing: float = 0.0,
+                    weight_average: averaging.WeightAverage | None = None
+                    ) -> Callable[..., dict]:
   """Returns train_loop(iterator, num_steps) -> dict of tensors.
 
   The loss each replica differentiates is its per-example losses summed and
@@ -43,21 +56,24 @@ def make_train_loop(*, strategy: tf.distribute.Strategy, model: keras.Model,
   sum over replicas) yields the gradient of the mean over the global batch,
   whatever the replica count. Regularization losses, which every replica
   computes in full, are divided by the replica count for the same reason.
-  The reported loss is the unscaled per-example loss.
+  The reported loss is the unscaled per-example loss, without label
+  smoothing, so that it compares with the evaluation's.
 
   With stop_on_nonfinite the loop ends right after a step whose loss is not
   finite on some replica; otherwise it goes on (the optimizer, a
   LossScaleOptimizer then, skips the update). The dict holds the sums over
   the finite steps ('loss', 'correct', 'count'), the 'steps' run and the
-  'nonfinite_steps' among them.
+  'nonfinite_steps' among them. With weight_average, each step ends by
+  folding the new weights into it.
   """
 
   def forward_backward(images, labels):
     with tf.GradientTape() as tape:
       logits = model(images, training=True)
       per_example_loss = _per_example_loss(labels, logits)
-      loss = tf.nn.compute_average_loss(per_example_loss,
-                                        global_batch_size=global_batch_size)
+      loss = tf.nn.compute_average_loss(
+          _smoothed_loss(labels, logits, label_smoothing) if label_smoothing
+          else per_example_loss, global_batch_size=global_batch_size)
       if model.losses:
         loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
       scaled_loss = optimizer.scale_loss(loss)  # Loss scaling for float16.
@@ -72,6 +88,8 @@ def make_train_loop(*, strategy: tf.distribute.Strategy, model: keras.Model,
   def train_step(images, labels):
     gradients, totals = forward_backward(images, labels)
     optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+    if weight_average:
+      weight_average.update()
     return totals
 
   @tf.function

@@ -7,6 +7,7 @@ is one, and then, epoch by epoch, calls the compiled training loop from
 evaluates on the whole test set after each epoch.
 """
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -18,6 +19,7 @@ from absl import logging
 import keras
 import tensorflow as tf
 
+from mnist_dist import averaging
 from mnist_dist import checkpoints
 from mnist_dist import config as config_lib
 from mnist_dist import export
@@ -90,7 +92,8 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
       (local or gs://). Starting again with the same workdir resumes.
 
   Returns:
-    The trained model and the evaluation records of this process.
+    The trained model (with train.ema_decay, its averaged weights) and the
+    evaluation records of this process.
 
   Raises:
     ConfigError, DataError: before training, for input that cannot run.
@@ -126,12 +129,17 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
     model = models.create_model(config.model)
     optimizer = optimizers.create_optimizer(
         config.optimizer, steps_per_epoch=steps_per_epoch,
-        precision=settings.precision,
+        epochs=config.train.epochs, precision=settings.precision,
         skip_nonfinite=config.train.on_nonfinite_loss == 'skip')
     # Slots made now, not lazily inside the first replicated step.
     optimizer.build(model.trainable_variables)
+    average = (averaging.WeightAverage(model, decay=config.train.ema_decay)
+               if config.train.ema_decay else None)
+  # What evaluations, the export and the returned model use.
+  evaluated_weights = average.swapped_in if average else contextlib.nullcontext
   schedule = optimizers.learning_rate_schedule(
-      config.optimizer, steps_per_epoch=steps_per_epoch)
+      config.optimizer, steps_per_epoch=steps_per_epoch,
+      epochs=config.train.epochs)
   # Steps taken (skipped ones included: they consume their batch too) and the
   # current epoch's sums of loss, correct, count and skipped steps.
   step_var = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -145,7 +153,9 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
       # The inner optimizer of a LossScaleOptimizer: switching
       # train.on_nonfinite_loss between runs must not orphan its state.
       optimizer=getattr(optimizer, 'inner_optimizer', optimizer),
-      step=step_var, epoch_sums=epoch_sums)
+      step=step_var, epoch_sums=epoch_sums,
+      **({'weight_average': [*average.averages, average.updates]}
+         if average else {}))
   restored = checkpointer.restore_latest()
   step = int(step_var.numpy())
   if restored:
@@ -154,7 +164,8 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
 
   train_iterator = iter(_distribute(
       strategy, input_pipeline.train_dataset, train_split,
-      global_batch_size=global_batch, seed=config.seed, start_step=step))
+      global_batch_size=global_batch, seed=config.seed, start_step=step,
+      augment_config=config.data.augment))
   eval_batch = math.ceil(config.train.eval_batch_size / num_replicas) * (
       num_replicas)
 
@@ -165,7 +176,11 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
     loop = steps.make_eval_loop(
         strategy=strategy, model=model,
         num_steps=input_pipeline.eval_steps(len(split), eval_batch))
-    return lambda: signals.call(loop, iterator).numpy()
+
+    def evaluate():
+      with evaluated_weights():
+        return signals.call(loop, iterator).numpy()
+    return evaluate
 
 
   logging.info('%s: %d replicas on %s, global batch %d, %d steps per epoch '
@@ -177,7 +192,8 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
   train_loop = steps.make_train_loop(
       strategy=strategy, model=model, optimizer=optimizer,
       global_batch_size=global_batch, jit_compile=settings.jit_compile,
-      stop_on_nonfinite=stop_on_nonfinite)
+      stop_on_nonfinite=stop_on_nonfinite,
+      label_smoothing=config.train.label_smoothing, weight_average=average)
   writer = reporting.MetricsWriter(workdir, resume_step=step) if chief else None
   board = summaries.Summaries(workdir,
                               enabled=chief and config.outputs.tensorboard)
@@ -283,15 +299,18 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
         writer.write(record)
         reporting.report_to_tuning_service(writer.records,
                                            metric='eval_accuracy')
-      board.write_eval(
-          step, loss=record['eval_loss'], accuracy=record['eval_accuracy'],
-          misclassified_images=None if kind == 'TPU' or not board.enabled
-          else _misclassified(model, eval_split))
+      with evaluated_weights():
+        board.write_eval(
+            step, loss=record['eval_loss'], accuracy=record['eval_accuracy'],
+            misclassified_images=None if kind == 'TPU' or not board.enabled
+            else _misclassified(model, eval_split))
       epoch_sums.assign(tf.zeros([4], tf.float64))
       checkpointer.save(step)
       last_saved = step
       stop_if_asked()
   board.close()
+  if average:
+    average.keep()  # From here on the model is the one the evaluations saw.
   if records and config.outputs.saved_model:
     _export(model, workdir, chief=chief)
   if records and chief and config.outputs.plots:

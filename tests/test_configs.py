@@ -66,11 +66,21 @@ def test_logits_stay_float32_under_mixed_precision():
     ('train.global_batch_size', 0, 'must be a positive number'),
     ('train.epochs', -1, 'must be a positive number'),
     ('model.dropout', 1.0, 'must be in'),
+    ('model.width', 0, 'model.width=0 must be an integer'),
+    ('data.augment.max_shift', -1.0, 'data.augment.max_shift=-1.0 must be'),
+    ('data.augment.max_scale', 1.0, 'must be < 1'),
+    ('train.label_smoothing', 1.0, 'train.label_smoothing=1.0 must be in'),
+    ('train.ema_decay', 1.0, 'train.ema_decay=1.0 must be in'),
+    ('optimizer.schedule', 'step', "optimizer.schedule='step' is not one of"),
+    ('optimizer.warmup_epochs', 1.0, 'is for optimizer.schedule=cosine'),
 ])
 def test_bad_values_are_refused_by_name(key, value, message):
   config = config_lib.default_config()
-  section, name = key.split('.')
-  config[section][name] = value
+  *sections, name = key.split('.')
+  node = config
+  for section in sections:
+    node = node[section]
+  node[name] = value
   with pytest.raises(config_lib.ConfigError, match=message):
     config_lib.validate(config)
 
@@ -93,3 +103,27 @@ def test_fast_config_is_chosen_on_a_validation_split():
   assert config.model.name == 'conv_bn' and config.train.epochs == 1
   assert config.data.validation_split == 5000
   assert not config.optimizer.staircase
+
+
+def test_width_is_only_for_the_conv_models():
+  config = load_config('dense')
+  config.model.width = 2
+  with pytest.raises(config_lib.ConfigError, match="not 'dense'"):
+    config_lib.validate(config)
+
+
+def test_cosine_warmup_must_leave_epochs_to_decay():
+  config = config_lib.default_config()
+  config.optimizer.schedule = 'cosine'
+  config.optimizer.warmup_epochs = config.train.epochs
+  with pytest.raises(config_lib.ConfigError, match='leaves no epochs'):
+    config_lib.validate(config)
+
+
+def test_width_multiplies_every_conv_layer():
+  config = config_lib.default_config()
+  config.model.width = 3
+  model = models.create_model(config.model)
+  filters = [layer.filters for layer in model.layers
+             if isinstance(layer, keras.layers.Conv2D)]
+  assert filters == [36, 72, 96]

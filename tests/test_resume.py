@@ -55,18 +55,24 @@ def _final_state(workdir):
   return records, checkpoint_variables(workdir)
 
 
-def test_sigterm_then_resume_lands_where_an_uninterrupted_run_does(tmp_path):
-  uninterrupted = _start(tmp_path / 'straight')
+# The extras add state that must resume too: the augmentation stream and the
+# weight average (which the checkpointed model variables are not).
+@pytest.mark.parametrize('extras', [(), (
+    '--config.data.augment.max_shift=2', '--config.data.augment.max_rotation=10',
+    '--config.train.ema_decay=0.9')])
+def test_sigterm_then_resume_lands_where_an_uninterrupted_run_does(tmp_path,
+                                                                   extras):
+  uninterrupted = _start(tmp_path / 'straight', *extras)
   uninterrupted.communicate(timeout=300)
   assert uninterrupted.returncode == 0
 
-  interrupted = _start(tmp_path / 'stopped')
+  interrupted = _start(tmp_path / 'stopped', *extras)
   _wait_for_line(interrupted, 'step 52/')  # Mid-epoch 2 of 3 (32 per epoch).
   interrupted.send_signal(signal.SIGTERM)
   rest = interrupted.communicate(timeout=120)[1]
   assert interrupted.returncode == interrupts.EXIT_CODE, rest[-2000:]
   assert 'run the same command again to resume' in rest
-  resumed = _start(tmp_path / 'stopped')
+  resumed = _start(tmp_path / 'stopped', *extras)
   log = resumed.communicate(timeout=300)[1]
   assert resumed.returncode == 0, log[-2000:]
   assert 'Resuming from' in log

@@ -3,6 +3,7 @@
 import json
 import os
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -48,8 +49,14 @@ def _assert_same_run(one, two):
 _SGD = {'optimizer.name': 'sgd', 'optimizer.learning_rate': 0.05}
 
 
-def test_one_and_two_replicas_reach_the_same_weights(tmp_path):
-  overrides = {'model.name': 'conv', **_SGD}
+# The extras: augmentation and the weight average must not depend on the
+# replica count either (the result's weights are then the averages).
+@pytest.mark.parametrize('extras', [{}, {
+    'data.augment.max_shift': 2.0, 'data.augment.max_rotation': 10.0,
+    'data.augment.max_scale': 0.1, 'train.ema_decay': 0.9,
+    'train.label_smoothing': 0.1}])
+def test_one_and_two_replicas_reach_the_same_weights(tmp_path, extras):
+  overrides = {'model.name': 'conv', **_SGD, **extras}
   one = _run(tmp_path / '1', overrides)
   two = _run(tmp_path / '2', {**overrides, 'distribution.cpu_devices': 2})
   _assert_same_run(one, two)
@@ -105,7 +112,10 @@ def test_eval_counts_every_test_example_once_on_three_replicas(tmp_path):
   process = run_main(f'--workdir={tmp_path}', *(
       f'--config.{section}.{key}={config[section][key]}'
       for section in ('data', 'train', 'distribution')
-      for key in config[section] if config[section][key] != ''))
+      for key in config[section]
+      # Flags carry values, not sections (data.augment); '' is the default.
+      if not isinstance(config[section][key], ml_collections.ConfigDict)
+      and config[section][key] != ''))
   assert process.returncode == 0, process.stderr[-3000:]
   assert 'with 3 replicas' in process.stderr
   with open(os.path.join(tmp_path, 'metrics.jsonl')) as f:
