@@ -52,14 +52,18 @@ def default_config() -> ml_collections.ConfigDict:
   # epoch is then evaluated on it, and the test set once, at the end. 0: the
   # test set is evaluated every epoch, as in the codelab.
   config.data.validation_split = 0
-  # Random, seeded changes to every training image, drawn per example and
-  # step on the host's tf.data pipeline (every strategy): a shift of up to
+  # Random, seeded distortions of every training image, drawn per example and
+  # step in the tf.data pipeline (so under every strategy): a shift of up to
   # max_shift pixels along each axis, a rotation of up to max_rotation
-  # degrees and a zoom of up to max_scale (0.1: 90% to 110%). 0 turns each off.
+  # degrees, a zoom of up to max_scale (0.1: 90% to 110%), and an elastic
+  # displacement field of scale elastic_alpha pixels smoothed over
+  # elastic_sigma pixels. 0 turns each off.
   config.data.augment = ml_collections.ConfigDict()
   config.data.augment.max_shift = 0.0
   config.data.augment.max_rotation = 0.0
   config.data.augment.max_scale = 0.0
+  config.data.augment.elastic_alpha = 0.0
+  config.data.augment.elastic_sigma = 4.0
   # Sizes of the random data of source=synthetic.
   config.data.synthetic_train_examples = TRAIN_EXAMPLES
   config.data.synthetic_eval_examples = EVAL_EXAMPLES
@@ -169,10 +173,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.model.width != 1 and config.model.name not in ('conv', 'conv_bn'):
     raise ConfigError(f'model.width is for the conv models, not '
                       f'{config.model.name!r}')
-  for name in ('max_shift', 'max_rotation', 'max_scale'):
+  for name in ('max_shift', 'max_rotation', 'max_scale', 'elastic_alpha'):
     if config.data.augment[name] < 0:
       raise ConfigError(f'data.augment.{name}={config.data.augment[name]} '
                         'must be >= 0 (0: off)')
+  if config.data.augment.elastic_sigma <= 0:
+    raise ConfigError('data.augment.elastic_sigma must be > 0')
   if config.data.augment.max_scale >= 1:
     raise ConfigError(f'data.augment.max_scale={config.data.augment.max_scale}'
                       ' must be < 1')

@@ -11,10 +11,7 @@ run land where an uninterrupted one would.
 Images stay uint8 until the model's first layer scales them on the device:
 four times less host memory and host-to-device traffic than float32.
 
-Augmentation (random shift, rotation and scale, off by default) follows the
-same rule: the parameters of global batch k are drawn from (seed, k), one row
-per example of the global batch, and each pipeline transforms its own slice.
-So an augmented run, too, sees the same examples on any topology.
+Augmentation (`augment`, off by default) keeps to the same rule.
 """
 
 import dataclasses
@@ -23,11 +20,11 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from mnist_dist import augment
 from mnist_dist import idx
 from mnist_dist.config import ConfigError
 
 AUTOTUNE = tf.data.AUTOTUNE
-_AUGMENT_STREAM = 1  # Folded into the seed of the augmentation parameters.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,47 +106,6 @@ def _pipeline_slice(ctx: tf.distribute.InputContext, global_batch_size: int):
   return local_replicas, per_replica, (lo, lo + local_replicas * per_replica)
 
 
-def _augmentation_params(augment_config, *, seed, step, size):
-  """[size, 4] random (angle, scale, shift x, shift y), a function of step."""
-  # A stream of its own: never the same random numbers as the shuffle.
-  key = tf.random.experimental.stateless_fold_in(
-      tf.stack([tf.cast(seed, tf.int64), _AUGMENT_STREAM]), step)
-  unit = tf.random.stateless_uniform([size, 4], key, minval=-1, maxval=1)
-  return unit * [math.radians(augment_config.max_rotation),
-                 augment_config.max_scale, augment_config.max_shift,
-                 augment_config.max_shift]
-
-
-def augment(images: tf.Tensor, params: tf.Tensor) -> tf.Tensor:
-  """Rotates, scales (both about the centre) and shifts uint8 [N, H, W] images.
-
-  params: [N, 4] of (angle in radians, scale - 1, shift x, shift y in pixels),
-  as from `_augmentation_params`. Bilinear, zero outside the image, uint8 out.
-  """
-  angle, scale, dx, dy = tf.unstack(params, axis=1)
-  height, width = images.shape[1], images.shape[2]
-  cx, cy = (width - 1) / 2, (height - 1) / 2
-  # The projective transform maps each output pixel back to where it is read
-  # in the input: the inverse of "rotate and scale about the centre, shift".
-  cos, sin = tf.cos(angle) / (1 + scale), tf.sin(angle) / (1 + scale)
-  ox, oy = cx + dx, cy + dy
-  transforms = tf.stack(
-      [cos, sin, cx - cos * ox - sin * oy,
-       -sin, cos, cy + sin * ox - cos * oy,
-       tf.zeros_like(cos), tf.zeros_like(cos)], axis=1)
-  moved = tf.raw_ops.ImageProjectiveTransformV3(
-      images=tf.cast(images[..., None], tf.float32), transforms=transforms,
-      output_shape=[height, width], fill_value=0.0,
-      interpolation='BILINEAR', fill_mode='CONSTANT')
-  return tf.cast(tf.clip_by_value(tf.round(moved[..., 0]), 0, 255), tf.uint8)
-
-
-def augments(augment_config) -> bool:
-  return bool(augment_config and (augment_config.max_shift or
-                                  augment_config.max_rotation or
-                                  augment_config.max_scale))
-
-
 def train_dataset(ctx: tf.distribute.InputContext, split: Split, *,
                   global_batch_size: int, seed: int, start_step: int = 0,
                   augment_config=None) -> tf.data.Dataset:
@@ -175,23 +131,26 @@ def train_dataset(ctx: tf.distribute.InputContext, split: Split, *,
     full = tf.size(stream) // global_batch_size * global_batch_size
     return stream[full:], tf.reshape(stream[:full], [-1, global_batch_size])
 
+  def replica_slices(tensor):
+    """[local_replicas, per_replica, ...]: this pipeline's rows of a batch."""
+    return tf.reshape(tensor[lo:hi], [local_replicas, per_replica,
+                                      *tensor.shape[1:]])
+
   def replica_batches(step, indices):
-    """This pipeline's [local_replicas, per_replica] slice of a global batch."""
     if not augmenting:
-      return tf.reshape(indices[lo:hi], [local_replicas, per_replica])
-    params = _augmentation_params(augment_config, seed=seed, step=step,
-                                  size=global_batch_size)
-    return (tf.reshape(indices[lo:hi], [local_replicas, per_replica]),
-            tf.reshape(params[lo:hi], [local_replicas, per_replica, 4]))
+      return replica_slices(indices)
+    draws = augment.random_draws(augment_config, seed=seed, step=step,
+                                 size=global_batch_size)
+    return replica_slices(indices), tuple(map(replica_slices, draws))
 
   images = tf.constant(split.images)
   labels = tf.constant(split.labels, tf.int32)
-  augmenting = augments(augment_config)
+  augmenting = augment.enabled(augment_config)
 
-  def examples(indices, params=None):
+  def examples(indices, draws=None):
     batch = tf.gather(images, indices)
     if augmenting:
-      batch = augment(batch, params)
+      batch = augment.apply(batch, draws, augment_config)
     return batch, tf.gather(labels, indices)
 
   # Whole index vectors from op to op, never one example at a time: per-example
