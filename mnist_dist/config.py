@@ -8,7 +8,8 @@ refused by ml_collections, so a typo never passes silently.
 
 import ml_collections
 
-MODELS = ('dense_softmax', 'dense', 'dense_dropout', 'conv', 'conv_bn')
+MODELS = ('dense_softmax', 'dense', 'dense_dropout', 'conv', 'conv_bn',
+          'conv_bn_deep')
 STRATEGIES = ('auto', 'one_device', 'mirrored', 'multi_worker_mirrored', 'tpu')
 SOURCES = ('auto', 'idx', 'tfds', 'synthetic')
 OPTIMIZERS = ('sgd', 'adam')
@@ -36,8 +37,8 @@ def default_config() -> ml_collections.ConfigDict:
   config.model.dropout = 0.3
   # Batch statistics over the global batch instead of each replica's share.
   config.model.sync_batch_norm = False
-  # conv and conv_bn: filters of every conv layer times this (1: the codelab's
-  # 12, 24, 32).
+  # The conv models: filters of every conv layer times this (1: the codelab's
+  # 12, 24, 32 for conv and conv_bn).
   config.model.width = 1
 
   config.data = ml_collections.ConfigDict()
@@ -170,7 +171,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not isinstance(config.model.width, int) or config.model.width < 1:
     raise ConfigError(f'model.width={config.model.width!r} must be an integer '
                       '>= 1')
-  if config.model.width != 1 and config.model.name not in ('conv', 'conv_bn'):
+  if config.model.width != 1 and not config.model.name.startswith('conv'):
     raise ConfigError(f'model.width is for the conv models, not '
                       f'{config.model.name!r}')
   for name in ('max_shift', 'max_rotation', 'max_scale', 'elastic_alpha'):

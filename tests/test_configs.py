@@ -120,10 +120,25 @@ def test_cosine_warmup_must_leave_epochs_to_decay():
     config_lib.validate(config)
 
 
-def test_width_multiplies_every_conv_layer():
+@pytest.mark.parametrize('name,filters', [
+    ('conv', [12, 24, 32]), ('conv_bn', [12, 24, 32]),
+    ('conv_bn_deep', [32, 32, 32, 64, 64, 64, 128])])
+def test_width_multiplies_every_conv_layer(name, filters):
   config = config_lib.default_config()
-  config.model.width = 3
-  model = models.create_model(config.model)
-  filters = [layer.filters for layer in model.layers
-             if isinstance(layer, keras.layers.Conv2D)]
-  assert filters == [36, 72, 96]
+  config.model.name = name
+  for width in (1, 3):
+    config.model.width = width
+    model = models.create_model(config.model)
+    assert model.output_shape == (None, 10)
+    assert [layer.filters for layer in model.layers
+            if isinstance(layer, keras.layers.Conv2D)] == [
+                f * width for f in filters]
+
+
+def test_best_config_is_chosen_on_a_validation_split_with_its_levers_on():
+  config = load_config('best')
+  config_lib.validate(config)
+  assert config.data.validation_split == 5000
+  assert config.data.augment.max_shift and config.data.augment.max_rotation
+  assert config.train.ema_decay and config.train.label_smoothing
+  assert config.optimizer.schedule == 'cosine'
