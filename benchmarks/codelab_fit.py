@@ -30,7 +30,8 @@ from mnist_dist import models
 config_flags.DEFINE_config_file('config', None, 'A config of configs/.')
 _DATA_DIR = flags.DEFINE_string('data_dir', '../shared/mnist',
                                 'Folder with the four IDX files.')
-_EPOCHS = flags.DEFINE_integer('epochs', 2, 'Epochs to train.')
+_EPOCHS = flags.DEFINE_integer('epochs', 0,
+                               "Epochs to train; 0: the config's train.epochs.")
 _VALIDATE = flags.DEFINE_bool('validate', False,
                               'Evaluate on the test set after each epoch.')
 _OUT = flags.DEFINE_string('out', None, 'Where the JSON lines go.')
@@ -101,7 +102,8 @@ def main(argv):
   steps_per_epoch = 60000 // batch
   lr0, rate = config.optimizer.learning_rate, config.optimizer.decay_rate
   model.fit(
-      train, steps_per_epoch=steps_per_epoch, epochs=_EPOCHS.value,
+      train, steps_per_epoch=steps_per_epoch,
+      epochs=_EPOCHS.value or config.train.epochs,
       validation_data=test if _VALIDATE.value else None,
       validation_steps=1 if _VALIDATE.value else None, verbose=0,
       callbacks=[
