@@ -66,13 +66,11 @@ def elastic_displacement(noise: tf.Tensor, *, alpha: float,
   kernel = tf.exp(-0.5 * (taps / sigma)**2)
   kernel /= tf.reduce_sum(kernel)
   # Separable: along rows, then along columns, each channel on its own.
-  smooth = tf.nn.depthwise_conv2d(
-      noise, tf.tile(tf.reshape(kernel, [-1, 1, 1, 1]), [1, 1, 2, 1]),
-      strides=[1, 1, 1, 1], padding='SAME')
-  smooth = tf.nn.depthwise_conv2d(
-      smooth, tf.tile(tf.reshape(kernel, [1, -1, 1, 1]), [1, 1, 2, 1]),
-      strides=[1, 1, 1, 1], padding='SAME')
-  return alpha * smooth
+  for shape in ([-1, 1, 1, 1], [1, -1, 1, 1]):
+    noise = tf.nn.depthwise_conv2d(
+        noise, tf.tile(tf.reshape(kernel, shape), [1, 1, 2, 1]),
+        strides=[1, 1, 1, 1], padding='SAME')
+  return alpha * noise
 
 
 def transform(images: tf.Tensor, affine: tf.Tensor,

@@ -49,20 +49,21 @@ def _conv(config):
   return stack + [layers.Flatten(), layers.Dense(200, activation='relu')]
 
 
-def _conv_bn(config):
-  def bn_relu():
-    # Batch norm's offset replaces the bias; relu makes its scale redundant.
-    # synchronized: statistics of the global batch, all-reduced over replicas.
-    return [layers.BatchNormalization(
-        center=True, scale=False, synchronized=config.sync_batch_norm),
-            layers.Activation('relu')]
+def _bn_relu(config):
+  # Batch norm's offset replaces the bias; relu makes its scale redundant.
+  # synchronized: statistics of the global batch, all-reduced over replicas.
+  return [layers.BatchNormalization(
+      center=True, scale=False, synchronized=config.sync_batch_norm),
+          layers.Activation('relu')]
 
+
+def _conv_bn(config):
   stack = [layers.Reshape((28, 28, 1))]
   for filters, kernel, stride in _convs(config):
     stack += [layers.Conv2D(filters, kernel, strides=stride, padding='same',
-                            use_bias=False)] + bn_relu()
+                            use_bias=False), *_bn_relu(config)]
   return stack + [layers.Flatten(), layers.Dense(200, use_bias=False),
-                  *bn_relu(), layers.Dropout(config.dropout)]
+                  *_bn_relu(config), layers.Dropout(config.dropout)]
 
 
 # (filters, kernel, stride, padding): 3x3 pairs, then a strided 5x5 in place
@@ -78,9 +79,7 @@ def _conv_bn_deep(config):
   for filters, kernel, stride, padding in _DEEP_CONVS:
     stack += [layers.Conv2D(filters * config.width, kernel, strides=stride,
                             padding=padding, use_bias=False),
-              layers.BatchNormalization(center=True, scale=False,
-                                        synchronized=config.sync_batch_norm),
-              layers.Activation('relu')]
+              *_bn_relu(config)]
   return stack + [layers.Flatten(), layers.Dropout(config.dropout)]
 
 
