@@ -53,4 +53,3 @@ def create_optimizer(optimizer_config, *, steps_per_epoch: int, epochs: int,
     return keras.optimizers.LossScaleOptimizer(
         optimizer, initial_scale=1.0, dynamic_growth_steps=2**31 - 1)
   return optimizer
-
