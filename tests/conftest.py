@@ -1,22 +1,17 @@
 """Shared fixtures. Splits the CPU into 3 logical devices before TF starts,
-so that one test process can train on 1, 2 and 3 replicas."""
+so that one test process can train on 1, 2 and 3 replicas. Plain helpers are
+in helpers.py."""
 
-import gzip
-import importlib.util
 import os
-import struct
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from mnist_dist import config as config_lib
+from helpers import write_idx
 from mnist_dist import idx
 
 NUM_LOGICAL_CPUS = 3
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST_DIR = os.path.join(os.path.dirname(__file__), '..', '..', 'shared',
                          'mnist')
 
@@ -34,62 +29,6 @@ def mnist_dir():
   return path
 
 
-def small_config(overrides=None):
-  """A config on small synthetic data that trains in seconds.
-
-  overrides: {dotted key: value}, e.g. small_config({'model.name': 'conv'}).
-  """
-  config = config_lib.default_config()
-  config.data.source = 'synthetic'
-  config.data.synthetic_train_examples = 1024
-  config.data.synthetic_eval_examples = 1000
-  config.train.epochs = 1
-  config.train.global_batch_size = 64
-  config.train.steps_per_loop = 8
-  config.train.eval_batch_size = 300
-  # Each costs seconds; the tests that are about them turn them on.
-  config.outputs.tensorboard = False
-  config.outputs.saved_model = False
-  config.outputs.plots = False
-  for key, value in (overrides or {}).items():
-    *sections, name = key.split('.')
-    node = config
-    for section in sections:
-      node = node[section]
-    node[name] = value
-  return config
-
-
-def run_main(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-  """Runs `python -m mnist_dist.main ARGS` in a fresh process, as a user would.
-
-  A process of its own: one process can hold only one split of the CPU into
-  logical devices, and TF's collectives break when one process creates
-  MirroredStrategies over different device sets.
-  """
-  return subprocess.run(
-      [sys.executable, '-m', 'mnist_dist.main', *args], cwd=ROOT,
-      capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def load_config(name: str):
-  """get_config() of configs/NAME.py, loaded from its file as main does."""
-  path = os.path.join(ROOT, 'configs', name + '.py')
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
-def write_idx(path, array, magic, *, compress=False, cut=0):
-  """Writes an IDX file of `array`, optionally gzipped or cut short."""
-  data = struct.pack(f'>{1 + array.ndim}i', magic, *array.shape)
-  data += array.astype(np.uint8).tobytes()
-  data = data[:len(data) - cut]
-  with open(path, 'wb') as f:
-    f.write(gzip.compress(data) if compress else data)
-
-
 @pytest.fixture
 def good_dir(tmp_path):
   """A folder of tiny valid IDX files: 6 train and 4 test examples."""
@@ -102,11 +41,3 @@ def good_dir(tmp_path):
     write_idx(tmp_path / labels_name, rng.integers(0, 10, count),
               idx.LABELS_MAGIC)  # Plain, not gzipped: both are accepted.
   return tmp_path
-
-
-def checkpoint_variables(workdir) -> dict:
-  """{name: value} of the model variables in WORKDIR's latest checkpoint."""
-  reader = tf.train.load_checkpoint(os.path.join(workdir, 'checkpoints'))
-  return {name: reader.get_tensor(name)
-          for name in reader.get_variable_to_shape_map()
-          if name.startswith('model/')}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import small_config
+from helpers import small_config
 from mnist_dist import averaging
 from mnist_dist import input_pipeline
 from mnist_dist import models

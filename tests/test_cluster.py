@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT
-from conftest import checkpoint_variables
-from conftest import run_main
+from helpers import ROOT
+from helpers import checkpoint_variables
+from helpers import run_main
 
 LAUNCHER = os.path.join(ROOT, 'launch', 'local_cluster.py')
 

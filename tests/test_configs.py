@@ -3,7 +3,7 @@
 import keras
 import pytest
 
-from conftest import load_config
+from helpers import load_config
 from mnist_dist import config as config_lib
 from mnist_dist import models
 

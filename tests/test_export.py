@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import small_config
+from helpers import small_config
 from mnist_dist import export
 from mnist_dist import models
 from mnist_dist import strategy as strategy_lib

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import write_idx
+from helpers import write_idx
 from mnist_dist import idx
 
 

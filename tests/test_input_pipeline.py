@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from conftest import small_config
+from helpers import small_config
 from mnist_dist import idx
 from mnist_dist import input_pipeline
 

@@ -21,7 +21,7 @@ import time
 import pytest
 import yaml
 
-from conftest import run_main
+from helpers import run_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(ROOT, 'launch')

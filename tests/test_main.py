@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from conftest import run_main
-from conftest import write_idx
+from helpers import run_main
+from helpers import write_idx
 from mnist_dist import idx
 
 

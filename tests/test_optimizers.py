@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import load_config
+from helpers import load_config
 from mnist_dist import config as config_lib
 from mnist_dist import optimizers
 

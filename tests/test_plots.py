@@ -10,8 +10,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from conftest import ROOT
-from conftest import small_config
+from helpers import ROOT
+from helpers import small_config
 from mnist_dist import export
 from mnist_dist import input_pipeline
 from mnist_dist import plots

@@ -12,9 +12,9 @@ from PIL import ImageDraw
 from PIL import ImageFont
 import pytest
 
-from conftest import ROOT
-from conftest import load_config
-from conftest import small_config
+from helpers import ROOT
+from helpers import load_config
+from helpers import small_config
 from mnist_dist import export
 from mnist_dist import idx
 from mnist_dist import models

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import small_config
+from helpers import small_config
 from mnist_dist import train
 
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import ROOT
-from conftest import checkpoint_variables
-from conftest import small_config
+from helpers import ROOT
+from helpers import checkpoint_variables
+from helpers import small_config
 from mnist_dist import checkpoints
 from mnist_dist import config as config_lib
 from mnist_dist import interrupts

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import run_main
+from helpers import run_main
 from mnist_dist import config as config_lib
 from mnist_dist import strategy as strategy_lib
 

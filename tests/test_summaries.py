@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import small_config
+from helpers import small_config
 from mnist_dist import summaries
 
 

@@ -7,8 +7,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import run_main
-from conftest import small_config
+from helpers import run_main
+from helpers import small_config
 from mnist_dist import train
 
 

@@ -1,0 +1,80 @@
+"""Helpers the tests share: small configs, runs of the entry point, IDX files
+and checkpoint contents. Fixtures are in conftest.py."""
+
+import gzip
+import importlib.util
+import os
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+from mnist_dist import config as config_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def small_config(overrides=None):
+  """A config on small synthetic data that trains in seconds.
+
+  overrides: {dotted key: value}, e.g. small_config({'model.name': 'conv'}).
+  """
+  config = config_lib.default_config()
+  config.data.source = 'synthetic'
+  config.data.synthetic_train_examples = 1024
+  config.data.synthetic_eval_examples = 1000
+  config.train.epochs = 1
+  config.train.global_batch_size = 64
+  config.train.steps_per_loop = 8
+  config.train.eval_batch_size = 300
+  # Each costs seconds; the tests that are about them turn them on.
+  config.outputs.tensorboard = False
+  config.outputs.saved_model = False
+  config.outputs.plots = False
+  for key, value in (overrides or {}).items():
+    *sections, name = key.split('.')
+    node = config
+    for section in sections:
+      node = node[section]
+    node[name] = value
+  return config
+
+
+def run_main(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+  """Runs `python -m mnist_dist.main ARGS` in a fresh process, as a user would.
+
+  A process of its own: one process can hold only one split of the CPU into
+  logical devices, and TF's collectives break when one process creates
+  MirroredStrategies over different device sets.
+  """
+  return subprocess.run(
+      [sys.executable, '-m', 'mnist_dist.main', *args], cwd=ROOT,
+      capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def load_config(name: str):
+  """get_config() of configs/NAME.py, loaded from its file as main does."""
+  path = os.path.join(ROOT, 'configs', name + '.py')
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def write_idx(path, array, magic, *, compress=False, cut=0):
+  """Writes an IDX file of `array`, optionally gzipped or cut short."""
+  data = struct.pack(f'>{1 + array.ndim}i', magic, *array.shape)
+  data += array.astype(np.uint8).tobytes()
+  data = data[:len(data) - cut]
+  with open(path, 'wb') as f:
+    f.write(gzip.compress(data) if compress else data)
+
+
+def checkpoint_variables(workdir) -> dict:
+  """{name: value} of the model variables in WORKDIR's latest checkpoint."""
+  reader = tf.train.load_checkpoint(os.path.join(workdir, 'checkpoints'))
+  return {name: reader.get_tensor(name)
+          for name in reader.get_variable_to_shape_map()
+          if name.startswith('model/')}
