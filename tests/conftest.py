@@ -41,3 +41,15 @@ def good_dir(tmp_path):
     write_idx(tmp_path / labels_name, rng.integers(0, 10, count),
               idx.LABELS_MAGIC)  # Plain, not gzipped: both are accepted.
   return tmp_path
+
+
+# launch_harness.py's asserts get pytest's detailed messages, as in a test file.
+pytest.register_assert_rewrite('launch_harness')
+
+
+@pytest.fixture
+def env(tmp_path):
+  """For the launcher tests (test_launch_*.py): a launch_harness.Env, the fake
+  gcloud, gsutil and pythons first on PATH and runners for the scripts."""
+  from launch_harness import Env  # Only the launcher tests need it.
+  return Env(tmp_path)
