@@ -6,57 +6,13 @@ the current epoch's running training sums, so a resumed run reports the same
 epoch metrics as one that was never stopped.
 """
 
-import json
-import os
 import tempfile
 
 from absl import logging
 import tensorflow as tf
 
+from mnist_dist import workdir as workdir_lib
 from mnist_dist.config import ConfigError
-
-CONFIG_FILE = 'config.json'
-# Keys that change the variables, the step -> example mapping or the data: a
-# checkpoint made under other values cannot continue this run.
-RUN_DEFINING_KEYS = (
-    'seed', 'model.name', 'model.width', 'optimizer.name',
-    'train.ema_decay', 'train.global_batch_size',
-    'train.precision', 'data.source', 'data.train_examples',
-    'data.validation_split',
-)
-
-
-def _lookup(config_dict: dict, dotted: str):
-  for part in dotted.split('.'):
-    config_dict = config_dict.get(part, {}) if isinstance(config_dict,
-                                                          dict) else None
-  return config_dict
-
-
-def check_and_record_config(config, workdir: str, *, write: bool) -> None:
-  """Refuses a workdir whose earlier run had other run-defining values.
-
-  Writes WORKDIR/config.json (the chief only, `write`), so that the next
-  start, and `python -m mnist_dist.plots`, know what this run was.
-  """
-  path = os.path.join(workdir, CONFIG_FILE)
-  if tf.io.gfile.exists(path):
-    with tf.io.gfile.GFile(path) as f:
-      previous = json.load(f)
-    current = json.loads(config.to_json())
-    differences = [
-        f'{key} was {_lookup(previous, key)!r}, now {_lookup(current, key)!r}'
-        for key in RUN_DEFINING_KEYS
-        if _lookup(previous, key) != _lookup(current, key)]
-    if differences:
-      raise ConfigError(
-          f'{workdir} holds a run with another config ({"; ".join(differences)}'
-          '): use a new --workdir, or the same values to resume it')
-  if write:
-    tf.io.gfile.makedirs(workdir)
-    with tf.io.gfile.GFile(path, 'w') as f:
-      f.write(config.to_json(indent=2))
-
 
 class Checkpointer:
   """Saves to and restores from WORKDIR/checkpoints.
@@ -67,7 +23,7 @@ class Checkpointer:
   """
 
   def __init__(self, *, workdir: str, keep: int, is_chief: bool, **objects):
-    self.directory = os.path.join(workdir, 'checkpoints')
+    self.directory = workdir_lib.path(workdir, workdir_lib.CHECKPOINTS)
     self.checkpoint = tf.train.Checkpoint(**objects)
     self._is_chief = is_chief
     write_dir = self.directory if is_chief else tempfile.mkdtemp()

@@ -15,7 +15,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-EXPORT_DIR = 'export'  # WORKDIR/export.
 SIGNATURE = 'serving_default'
 
 

@@ -19,12 +19,19 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class Interrupted(Exception):
-  """Training stopped on a signal after saving a checkpoint."""
+  """Training stopped on a signal after saving a checkpoint.
 
-  def __init__(self, signal_name: str, step: int):
-    super().__init__(
-        f'{signal_name} at step {step}: checkpoint saved; run the same '
-        'command again to resume')
+  In a cluster every worker stops, at the same step, when any one of them is
+  signalled; only the chief's checkpoint is kept, so only the chief says so.
+  """
+
+  def __init__(self, signal_name: str | None, step: int, *, chief: bool):
+    cause = f'{signal_name} at step {step}' if signal_name else (
+        f'another worker was asked to stop; all stopped at step {step}')
+    saved = ('checkpoint saved' if chief
+             else 'the chief saved the checkpoint')
+    super().__init__(f'{cause}: {saved}; run the same command again to '
+                     'resume')
     self.step = step
 
 

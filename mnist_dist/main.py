@@ -9,8 +9,10 @@ from the workdir's latest checkpoint.
 
 Exit codes: 0 done; 2 bad config or data (one line says what, before any
 training); 3 the loss became NaN or infinite (the last good checkpoint is
-kept); 75 stopped by SIGTERM or SIGINT after saving a checkpoint (run again
-to resume); 128+N a second signal N, which exits at once.
+kept); 75 stopped by SIGTERM or SIGINT, to this worker or another of its
+cluster, after saving a checkpoint (run again to resume); 76 another worker of
+the cluster was lost (relaunch the cluster to resume from the last
+checkpoint); 128+N a second signal N, which exits at once.
 """
 
 import os
@@ -18,9 +20,9 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
+from mnist_dist import cluster
 from mnist_dist import config as config_lib
 from mnist_dist import idx
 from mnist_dist import interrupts
@@ -28,6 +30,7 @@ from mnist_dist import train
 
 EXIT_BAD_INPUT = 2
 EXIT_NONFINITE_LOSS = 3
+EXIT_WORKER_LOST = 76  # EX_PROTOCOL: retryable, like 75, but not asked for.
 
 _DEFAULT_CONFIG = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs',
@@ -52,8 +55,8 @@ def _define_flags():
   flags.mark_flags_as_required(['workdir'])
 
 
-def _fail(message: str, code: int):
-  print(f'error: {message}', file=sys.stderr)
+def _fail(message: str, code: int, *, prefix: str = 'error'):
+  print(f'{prefix}: {message}', file=sys.stderr, flush=True)
   sys.exit(code)
 
 
@@ -92,8 +95,12 @@ def main(argv):
   except train.NonFiniteLossError as e:
     _fail(str(e), EXIT_NONFINITE_LOSS)
   except interrupts.Interrupted as e:
-    logging.warning('%s', e)
-    _fail(str(e), interrupts.EXIT_CODE)
+    _fail(str(e), interrupts.EXIT_CODE, prefix='stopped')
+  except cluster.WorkerLost as e:
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    # TensorFlow's aborted collectives and their threads can hold up an
+    # orderly exit; there is nothing left to save.
+    os._exit(EXIT_WORKER_LOST)  # pylint: disable=protected-access
 
 
 def run():

@@ -19,7 +19,6 @@ display needed, and no global state changed in a process that calls this.
 
 import argparse
 import io
-import json
 import math
 import os
 import sys
@@ -33,14 +32,13 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from mnist_dist import checkpoints
 from mnist_dist import export
 from mnist_dist import idx
 from mnist_dist import input_pipeline
 from mnist_dist import optimizers
 from mnist_dist import reporting
+from mnist_dist import workdir as workdir_lib
 
-PLOTS_DIR = 'plots'
 DPI = 100
 WRONG = 'tab:red'
 TRAIN, TEST = 'tab:blue', 'tab:orange'
@@ -52,15 +50,6 @@ def _save(figure: Figure, path: str) -> None:
   figure.savefig(buffer, format='png')
   with tf.io.gfile.GFile(path, 'wb') as f:
     f.write(buffer.getvalue())
-
-
-def read_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run recorded in WORKDIR/config.json."""
-  path = os.path.join(workdir, checkpoints.CONFIG_FILE)
-  if not tf.io.gfile.exists(path):
-    raise FileNotFoundError(f'{path}: no such file; is {workdir} a workdir?')
-  with tf.io.gfile.GFile(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
 
 
 def plot_training_curves(records: list[dict], path: str, *,
@@ -237,9 +226,9 @@ def plot_confusion_matrix(labels: np.ndarray, classes: np.ndarray, path: str,
 
 def make_all(workdir: str, *, dpi: int = DPI) -> list[str]:
   """Writes every plot that WORKDIR's files allow; returns their paths."""
-  config = read_config(workdir)
+  config = workdir_lib.read_config(workdir)
   records = reporting.read_metrics(workdir)
-  plots_dir = os.path.join(workdir, PLOTS_DIR)
+  plots_dir = workdir_lib.path(workdir, workdir_lib.PLOTS)
   tf.io.gfile.makedirs(plots_dir)
   written = []
 
@@ -252,7 +241,7 @@ def make_all(workdir: str, *, dpi: int = DPI) -> list[str]:
     plot_learning_rate(config, records, path('learning_rate.png'), dpi=dpi)
   else:
     logging.warning('%s: no evaluations yet; no curves', workdir)
-  export_dir = os.path.join(workdir, export.EXPORT_DIR)
+  export_dir = workdir_lib.path(workdir, workdir_lib.EXPORT)
   if not tf.io.gfile.exists(export_dir):
     logging.warning('%s: no export; no predictions', export_dir)
     return written

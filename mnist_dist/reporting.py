@@ -1,12 +1,14 @@
 """What a run tells its user: a log line per loop and metrics.jsonl."""
 
+import dataclasses
 import json
 import os
 import time
 
+from absl import logging
 import tensorflow as tf
 
-METRICS_FILE = 'metrics.jsonl'
+from mnist_dist import workdir as workdir_lib
 
 
 def format_duration(seconds: float) -> str:
@@ -18,14 +20,57 @@ def format_duration(seconds: float) -> str:
   return f'{minutes}m{seconds:02d}s' if minutes else f'{seconds}s'
 
 
-def loop_line(*, step: int, total_steps: int, epoch: int, epochs: int,
-              loss: float, accuracy: float, learning_rate: float,
-              examples_per_s: float, eta_s: float) -> str:
+@dataclasses.dataclass(frozen=True)
+class LoopMetrics:
+  """One training loop's numbers, computed once for the log and TensorBoard."""
+  step: int  # The global step after the loop.
+  epoch: int  # The epoch the loop trained in, from 1.
+  loss: float  # Mean per-example loss over the loop.
+  accuracy: float
+  learning_rate: float  # Of the loop's last step.
+  examples_per_s: float
+  eta_s: float  # Until the last step, at this process's mean speed so far.
+
+  def scalars(self) -> dict[str, float]:
+    """What TensorBoard plots of each loop."""
+    return {'loss': self.loss, 'accuracy': self.accuracy,
+            'learning_rate': self.learning_rate,
+            'examples_per_s': self.examples_per_s}
+
+
+def loop_line(metrics: LoopMetrics, *, total_steps: int, epochs: int) -> str:
   """One concise, greppable line per training loop."""
-  return (f'step {step}/{total_steps} epoch {epoch}/{epochs} | '
-          f'loss {loss:.4f} accuracy {accuracy:.2%} | '
-          f'lr {learning_rate:.3g} | {examples_per_s:,.0f} examples/s | '
-          f'ETA {format_duration(eta_s)}')
+  return (f'step {metrics.step}/{total_steps} epoch {metrics.epoch}/{epochs} | '
+          f'loss {metrics.loss:.4f} accuracy {metrics.accuracy:.2%} | '
+          f'lr {metrics.learning_rate:.3g} | '
+          f'{metrics.examples_per_s:,.0f} examples/s | '
+          f'ETA {format_duration(metrics.eta_s)}')
+
+
+class Progress:
+  """Where a run shows its progress: a line per loop in the log.
+
+  One object per run; disabled on the workers that are not the chief.
+  """
+
+  def __init__(self, *, total_steps: int, epochs: int, enabled: bool):
+    self._total_steps = total_steps
+    self._epochs = epochs
+    self._enabled = enabled
+
+  def loop(self, metrics: LoopMetrics) -> None:
+    """After each training loop."""
+    if self._enabled:
+      logging.info(loop_line(metrics, total_steps=self._total_steps,
+                             epochs=self._epochs))
+
+  def message(self, text: str) -> None:
+    """Any other line of the run's story (evaluations, checkpoints)."""
+    if self._enabled:
+      logging.info('%s', text)
+
+  def close(self) -> None:
+    """At the end of the run, or when it stops."""
 
 
 class MetricsWriter:
@@ -36,7 +81,7 @@ class MetricsWriter:
   """
 
   def __init__(self, workdir: str, *, resume_step: int = 0):
-    self.path = os.path.join(workdir, METRICS_FILE)
+    self.path = workdir_lib.path(workdir, workdir_lib.METRICS)
     tf.io.gfile.makedirs(workdir)
     # Records past the checkpoint a run resumes from will be made again.
     self.records = [r for r in read_metrics(workdir)
@@ -50,7 +95,7 @@ class MetricsWriter:
 
 def read_metrics(workdir: str) -> list[dict]:
   """The records of WORKDIR/metrics.jsonl, oldest first ([] if none)."""
-  path = os.path.join(workdir, METRICS_FILE)
+  path = workdir_lib.path(workdir, workdir_lib.METRICS)
   if not tf.io.gfile.exists(path):
     return []
   with tf.io.gfile.GFile(path) as f:

@@ -2,14 +2,15 @@
 
 A per-replica step runs under `strategy.run` on every replica at once. The
 loops around it are `tf.function`s that take the step count as a tensor, so one
-trace serves every loop length, and they return sums reduced over replicas:
-(loss sum, correct predictions, examples). Sums, not means, because sums add
-up exactly across replicas, loops and epochs; the controller divides once.
+trace serves every loop length, and they return `Totals`: sums reduced over
+replicas. Sums, not means, because sums add up exactly across replicas, loops
+and epochs; the controller divides once.
 """
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from mnist_dist import averaging
@@ -17,7 +18,38 @@ from mnist_dist import averaging
 SUM = tf.distribute.ReduceOp.SUM
 
 
-def _totals(labels, logits, per_example_loss, weights=None):
+class Totals(NamedTuple):
+  """What a loop adds up, over its steps and all replicas.
+
+  Tensors when a loop returns them, floats after `numpy()`. The loss, correct
+  and count sums are over the examples of finite steps only.
+  """
+  loss: float  # Sum of per-example losses.
+  correct: float  # Examples whose most likely class is the label.
+  count: float  # Examples.
+  steps: float  # Steps (batches) run, non-finite ones included.
+  nonfinite_steps: float  # Steps whose loss was NaN or infinite.
+
+  @classmethod
+  def zero(cls) -> 'Totals':
+    return cls(*[0.0] * len(cls._fields))
+
+  def numpy(self) -> 'Totals':
+    return Totals(*(float(np.asarray(value)) for value in self))
+
+  def plus(self, other: 'Totals') -> 'Totals':
+    return Totals(*(mine + theirs for mine, theirs in zip(self, other)))
+
+  @property
+  def mean_loss(self) -> float:
+    return self.loss / max(self.count, 1)
+
+  @property
+  def accuracy(self) -> float:
+    return self.correct / max(self.count, 1)
+
+
+def _sums(labels, logits, per_example_loss, weights=None):
   """[loss sum, correct, examples] of one replica's batch (masked by weights)."""
   correct = tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32),
                              labels), tf.float32)
@@ -48,8 +80,8 @@ def make_train_loop(*, strategy: tf.distribute.Strategy, model: keras.Model,
                     global_batch_size: int, jit_compile: bool,
                     stop_on_nonfinite: bool, label_smoothing: float = 0.0,
                     weight_average: averaging.WeightAverage | None = None
-                    ) -> Callable[..., dict]:
-  """Returns train_loop(iterator, num_steps) -> dict of tensors.
+                    ) -> Callable[..., Totals]:
+  """Returns train_loop(iterator, num_steps) -> Totals of the steps run.
 
   The loss each replica differentiates is its per-example losses summed and
   divided by the *global* batch size, so that the optimizer's all-reduce (a
@@ -61,10 +93,8 @@ def make_train_loop(*, strategy: tf.distribute.Strategy, model: keras.Model,
 
   With stop_on_nonfinite the loop ends right after a step whose loss is not
   finite on some replica; otherwise it goes on (the optimizer, a
-  LossScaleOptimizer then, skips the update). The dict holds the sums over
-  the finite steps ('loss', 'correct', 'count'), the 'steps' run and the
-  'nonfinite_steps' among them. With weight_average, each step ends by
-  folding the new weights into it.
+  LossScaleOptimizer then, skips the update). With weight_average, each step
+  ends by folding the new weights into it.
   """
 
   def forward_backward(images, labels):
@@ -78,7 +108,7 @@ def make_train_loop(*, strategy: tf.distribute.Strategy, model: keras.Model,
         loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
       scaled_loss = optimizer.scale_loss(loss)  # Loss scaling for float16.
     gradients = tape.gradient(scaled_loss, model.trainable_variables)
-    return gradients, _totals(labels, logits, per_example_loss)
+    return gradients, _sums(labels, logits, per_example_loss)
 
   if jit_compile:
     # XLA compiles the forward and backward pass; the all-reduce and update
@@ -86,36 +116,36 @@ def make_train_loop(*, strategy: tf.distribute.Strategy, model: keras.Model,
     forward_backward = tf.function(forward_backward, jit_compile=True)
 
   def train_step(images, labels):
-    gradients, totals = forward_backward(images, labels)
+    gradients, sums = forward_backward(images, labels)
     optimizer.apply_gradients(zip(gradients, model.trainable_variables))
     if weight_average:
       weight_average.update()
-    return totals
+    return sums
 
   @tf.function
   def train_loop(iterator, num_steps):
-    totals = tf.zeros([3])
+    sums = tf.zeros([3])
     steps = tf.constant(0)
     nonfinite_steps = tf.constant(0)
     for _ in tf.range(num_steps):
       per_replica = strategy.run(train_step, args=next(iterator))
-      step_totals = strategy.reduce(SUM, per_replica, axis=None)
-      finite = tf.math.is_finite(step_totals[0])  # Any replica's NaN shows.
-      totals += tf.where(finite, step_totals, 0.0)
+      step_sums = strategy.reduce(SUM, per_replica, axis=None)
+      finite = tf.math.is_finite(step_sums[0])  # Any replica's NaN shows.
+      sums += tf.where(finite, step_sums, 0.0)
       steps += 1
       nonfinite_steps += tf.cast(tf.logical_not(finite), tf.int32)
       if stop_on_nonfinite:
         if tf.logical_not(finite):
           break
-    return {'loss': totals[0], 'correct': totals[1], 'count': totals[2],
-            'steps': steps, 'nonfinite_steps': nonfinite_steps}
+    return Totals(loss=sums[0], correct=sums[1], count=sums[2], steps=steps,
+                  nonfinite_steps=nonfinite_steps)
 
   return train_loop
 
 
 def make_eval_loop(*, strategy: tf.distribute.Strategy, model: keras.Model,
-                   num_steps: int) -> Callable[..., tf.Tensor]:
-  """Returns eval_loop(iterator) -> summed [loss, correct, count] of one pass.
+                   num_steps: int) -> Callable[..., Totals]:
+  """Returns eval_loop(iterator) -> Totals of one pass over a split.
 
   The eval batches carry a weight per example, 0 for padding, so the count is
   exactly the number of real test examples.
@@ -123,14 +153,15 @@ def make_eval_loop(*, strategy: tf.distribute.Strategy, model: keras.Model,
 
   def eval_step(images, labels, weights):
     logits = model(images, training=False)
-    return _totals(labels, logits, _per_example_loss(labels, logits), weights)
+    return _sums(labels, logits, _per_example_loss(labels, logits), weights)
 
   @tf.function
   def eval_loop(iterator):
-    totals = tf.zeros([3])
+    sums = tf.zeros([3])
     for _ in tf.range(num_steps):
       per_replica = strategy.run(eval_step, args=next(iterator))
-      totals += strategy.reduce(SUM, per_replica, axis=None)
-    return totals
+      sums += strategy.reduce(SUM, per_replica, axis=None)
+    return Totals(loss=sums[0], correct=sums[1], count=sums[2],
+                  steps=num_steps, nonfinite_steps=0)
 
   return eval_loop

@@ -12,7 +12,6 @@ import os
 
 from absl import logging
 import tensorflow as tf
-
 from mnist_dist.config import ConfigError
 
 

@@ -13,7 +13,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-TENSORBOARD_DIR = 'tensorboard'
+from mnist_dist import workdir as workdir_lib
 
 
 class Summaries:
@@ -25,7 +25,8 @@ class Summaries:
   def __init__(self, workdir: str, *, enabled: bool):
     self._writers = {
         name: tf.summary.create_file_writer(
-            os.path.join(workdir, TENSORBOARD_DIR, name))
+            os.path.join(workdir_lib.path(workdir, workdir_lib.TENSORBOARD),
+                         name))
         for name in ('train', 'eval')} if enabled else {}
 
   @property

@@ -1,26 +1,37 @@
-"""The outer loop: sets a run up, then alternates training loops and evals.
+"""The controller: builds a run, then alternates training epochs and evaluations.
 
-`train_and_evaluate` is the controller. It builds the strategy, the data, the
-model and the optimizer, resumes from the workdir's latest checkpoint if there
-is one, and then, epoch by epoch, calls the compiled training loop from
-`steps` (many steps per call), logs a line after each call, checkpoints, and
-evaluates on the whole test set after each epoch.
+`train_and_evaluate` reads as a run goes:
+
+  run = build_run(config, workdir)       strategy, data, model, loops, outputs
+  state = resume(run)                    from the latest checkpoint, if any
+  while not state.finished:
+    train_epoch(run, state, signals)     compiled loops of many steps each
+    record = evaluate(run, state, signals)
+    publish(run, state, record)          log, metrics.jsonl, TensorBoard
+    end_epoch(run, state, signals)       checkpoint; stop if any worker asked
+  finish(run, state)                     export and plots
+
+`Run` is what is built once; `TrainState` is what changes. Every worker of a
+cluster runs the same steps in the same order, since each loop, evaluation,
+checkpoint and stop vote is a collective; only the chief writes files.
 """
 
 import contextlib
 import dataclasses
 import functools
 import math
-import os
 import tempfile
 import time
+from typing import Callable
 
 from absl import logging
 import keras
+import ml_collections
 import tensorflow as tf
 
 from mnist_dist import averaging
 from mnist_dist import checkpoints
+from mnist_dist import cluster
 from mnist_dist import config as config_lib
 from mnist_dist import export
 from mnist_dist import input_pipeline
@@ -32,6 +43,7 @@ from mnist_dist import reporting
 from mnist_dist import steps
 from mnist_dist import strategy as strategy_lib
 from mnist_dist import summaries
+from mnist_dist import workdir as workdir_lib
 
 
 class NonFiniteLossError(RuntimeError):
@@ -51,36 +63,60 @@ class TrainResult:
   metrics: list[dict]  # One record per evaluation of this process.
 
 
-def _distribute(strategy, dataset_fn, split, **kwargs):
-  return strategy.distribute_datasets_from_function(
-      functools.partial(dataset_fn, split=split, **kwargs))
+@dataclasses.dataclass
+class Model:
+  """The model and what trains it, built in the strategy's scope."""
+  model: keras.Model
+  optimizer: keras.optimizers.Optimizer
+  average: averaging.WeightAverage | None
+
+  def evaluated_weights(self):
+    """The weights evaluations and the export see: the average, if any."""
+    return self.average.swapped_in() if self.average else (
+        contextlib.nullcontext())
 
 
-def _preemption_handler(strategy, checkpointer):
-  """TF's own handler where a preemption notice must reach every worker."""
-  if isinstance(strategy, (tf.distribute.MultiWorkerMirroredStrategy,
-                           tf.distribute.TPUStrategy)):
-    return tf.distribute.experimental.PreemptionCheckpointHandler(
-        strategy.cluster_resolver, checkpointer.manager)
-  return None
+@dataclasses.dataclass
+class Run:
+  """What `build_run` makes once; the steps below read it."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  started: float  # time.time() when the run was built.
+  strategy: tf.distribute.Strategy
+  chief: bool
+  topology: cluster.Topology
+  settings: strategy_lib.DeviceSettings
+  splits: dict[str, input_pipeline.Split]  # 'train', 'eval' and 'test'.
+  steps_per_epoch: int
+  total_steps: int
+  trained: Model
+  schedule: Callable[[int], float]  # Learning rate of the update of index n.
+  train_loop: Callable[..., steps.Totals]
+  evaluators: dict[str, Callable[[interrupts.SignalWatch], steps.Totals]]
+  stop_vote: cluster.StopVote
+  checkpointer: checkpoints.Checkpointer
+  # Checkpointed with the model: steps taken (skipped ones included: they
+  # consume their batch too), the current epoch's Totals so far, and the
+  # topology that saved them.
+  step: tf.Variable
+  epoch_totals: tf.Variable
+  saved_topology: tf.Variable
+  board: summaries.Summaries
+  progress: reporting.Progress
 
 
-def _misclassified(model, split, *, count=8, among=1000):
-  """A few test digits the model gets wrong, for TensorBoard (not on TPU)."""
-  logits = model(split.images[:among], training=False)
-  wrong = tf.argmax(logits, axis=-1).numpy() != split.labels[:among]
-  return split.images[:among][wrong][:count]
-
-
-def _export(model, workdir, *, chief):
-  """Every worker exports, as with checkpoints; only the chief's is kept."""
-  directory = (os.path.join(workdir, export.EXPORT_DIR) if chief
-               else tempfile.mkdtemp())
-  export.export_saved_model(model, directory)
-  if chief:
-    logging.info('Exported the model to %s', directory)
-  else:
-    tf.io.gfile.rmtree(directory)
+@dataclasses.dataclass
+class TrainState:
+  """What changes as the run goes."""
+  step: int
+  last_saved: int  # The step of the newest checkpoint.
+  finished: bool  # All epochs trained, or train.stop_at_accuracy reached.
+  train_iterator: object  # The distributed input, from `step` on.
+  first_step: int  # The step this process started from, for speed and ETA.
+  writer: reporting.MetricsWriter | None  # The chief's metrics.jsonl.
+  records: list[dict] = dataclasses.field(default_factory=list)
+  epoch_train_s: float = 0.0  # Time in training loops, this epoch.
+  loops_start: float = dataclasses.field(default_factory=time.time)
 
 
 def train_and_evaluate(config, workdir: str) -> TrainResult:
@@ -88,8 +124,8 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
 
   Args:
     config: a config of `mnist_dist.config` (see configs/).
-    workdir: where the run keeps config.json, checkpoints/ and metrics.jsonl
-      (local or gs://). Starting again with the same workdir resumes.
+    workdir: where the run keeps its files (`mnist_dist.workdir`; local or
+      gs://). Starting again with the same workdir resumes.
 
   Returns:
     The trained model (with train.ema_decay, its averaged weights) and the
@@ -98,33 +134,43 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
   Raises:
     ConfigError, DataError: before training, for input that cannot run.
     NonFiniteLossError: the loss became NaN or infinite.
-    interrupts.Interrupted: SIGTERM or SIGINT; a checkpoint was saved.
+    interrupts.Interrupted: SIGTERM or SIGINT to this or another worker; a
+      checkpoint was saved.
+    cluster.WorkerLost: another worker of the cluster is gone.
   """
-  start = time.time()
-  config_lib.validate(config)
-  strategy = strategy_lib.create_strategy(config.distribution)
-  chief = strategy_lib.is_chief(strategy)
-  if not chief:
-    logging.set_verbosity(logging.WARNING)  # The chief's log tells the story.
-  keras.utils.set_random_seed(config.seed)
+  run = build_run(config, workdir)
+  state = resume(run)
+  with (contextlib.closing(run.progress),
+        interrupts.SignalWatch() as signals,
+        cluster.peer_failures(run.strategy, step_of=lambda: state.step,
+                              checkpoint_dir=run.checkpointer.directory)):
+    while not state.finished:
+      train_epoch(run, state, signals)
+      record = evaluate(run, state, signals)
+      publish(run, state, record)
+      end_epoch(run, state, signals)
+  finish(run, state)
+  return TrainResult(model=run.trained.model, metrics=state.records)
 
+
+def _distribute(strategy, dataset_fn, split, **kwargs):
+  return iter(strategy.distribute_datasets_from_function(
+      functools.partial(dataset_fn, split=split, **kwargs)))
+
+
+def _splits(config) -> dict[str, input_pipeline.Split]:
   train_split, test_split = input_pipeline.load(config.data, seed=config.seed)
   eval_split = test_split  # The codelab validates on the test set.
   if config.data.validation_split:
     train_split, eval_split = input_pipeline.hold_out(
         train_split, config.data.validation_split)
-  num_replicas = strategy.num_replicas_in_sync
-  global_batch = config.train.global_batch_size
-  steps_per_epoch = len(train_split) // global_batch
-  config_lib.check_against_run(config, num_replicas=num_replicas,
-                               steps_per_epoch=steps_per_epoch)
-  kind = strategy_lib.device_kind(strategy)
-  settings = strategy_lib.device_settings(
-      config.train, device_kind=kind, steps_per_epoch=steps_per_epoch)
-  keras.mixed_precision.set_global_policy(settings.precision)
-  checkpoints.check_and_record_config(config, workdir, write=chief)
-  total_steps = config.train.epochs * steps_per_epoch
+  return {'train': train_split, 'eval': eval_split, 'test': test_split}
 
+
+def build_model(config, *, strategy, settings,
+                steps_per_epoch: int) -> Model:
+  """The model, its optimizer (slots built) and weight average, in scope."""
+  keras.mixed_precision.set_global_policy(settings.precision)
   with strategy.scope():
     model = models.create_model(config.model)
     optimizer = optimizers.create_optimizer(
@@ -135,186 +181,278 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
     optimizer.build(model.trainable_variables)
     average = (averaging.WeightAverage(model, decay=config.train.ema_decay)
                if config.train.ema_decay else None)
-  # What evaluations, the export and the returned model use.
-  evaluated_weights = average.swapped_in if average else contextlib.nullcontext
-  schedule = optimizers.learning_rate_schedule(
-      config.optimizer, steps_per_epoch=steps_per_epoch,
-      epochs=config.train.epochs)
-  # Steps taken (skipped ones included: they consume their batch too) and the
-  # current epoch's sums of loss, correct, count and skipped steps.
-  step_var = tf.Variable(0, dtype=tf.int64, trainable=False)
-  epoch_sums = tf.Variable(tf.zeros([4], tf.float64), trainable=False)
+  return Model(model=model, optimizer=optimizer, average=average)
+
+
+def _evaluator(strategy, trained: Model, split, *, eval_batch: int):
+  """evaluate(signals) -> Totals over all of split."""
+  iterator = _distribute(strategy, input_pipeline.eval_dataset, split,
+                         global_batch_size=eval_batch)
+  loop = steps.make_eval_loop(
+      strategy=strategy, model=trained.model,
+      num_steps=input_pipeline.eval_steps(len(split), eval_batch))
+
+  def evaluate_split(signals):
+    with trained.evaluated_weights():
+      return signals.call(loop, iterator).numpy()
+  return evaluate_split
+
+
+def build_run(config, workdir: str) -> Run:
+  """Checks the config, then builds everything a run needs, in order."""
+  started = time.time()
+  config_lib.validate(config)
+  strategy = strategy_lib.create_strategy(config.distribution)
+  chief = strategy_lib.is_chief(strategy)
+  if not chief:
+    logging.set_verbosity(logging.WARNING)  # The chief's log tells the story.
+  keras.utils.set_random_seed(config.seed)
+  splits = _splits(config)
+  topology = cluster.topology(strategy)
+  steps_per_epoch = len(splits['train']) // config.train.global_batch_size
+  config_lib.check_against_run(config, num_replicas=topology.replicas,
+                               steps_per_epoch=steps_per_epoch)
+  kind = strategy_lib.device_kind(strategy)
+  settings = strategy_lib.device_settings(
+      config.train, device_kind=kind, steps_per_epoch=steps_per_epoch)
+  workdir_lib.check_and_record_config(config, workdir, write=chief)
+  trained = build_model(config, strategy=strategy, settings=settings,
+                        steps_per_epoch=steps_per_epoch)
+  step = tf.Variable(0, dtype=tf.int64, trainable=False)
+  epoch_totals = tf.Variable(tf.zeros([len(steps.Totals._fields)], tf.float64),
+                             trainable=False)
+  saved_topology = tf.Variable([0, 0], dtype=tf.int64, trainable=False)
   checkpointer = checkpoints.Checkpointer(
       workdir=workdir, keep=config.checkpoint.keep, is_chief=chief,
       # tf.train.Checkpoint does not see into a Keras 3 model: list its
       # variables (batch-norm statistics and dropout's seed state included),
       # by position, since layer names change with what else the process built.
-      model=[variable.value for variable in model.variables],
+      model=[variable.value for variable in trained.model.variables],
       # The inner optimizer of a LossScaleOptimizer: switching
       # train.on_nonfinite_loss between runs must not orphan its state.
-      optimizer=getattr(optimizer, 'inner_optimizer', optimizer),
-      step=step_var, epoch_sums=epoch_sums,
-      **({'weight_average': [*average.averages, average.updates]}
-         if average else {}))
-  restored = checkpointer.restore_latest()
-  step = int(step_var.numpy())
-  if restored:
-    logging.info('Resuming from %s at step %d (epoch %d).', restored, step,
-                 step // steps_per_epoch + 1)
-
-  train_iterator = iter(_distribute(
-      strategy, input_pipeline.train_dataset, train_split,
-      global_batch_size=global_batch, seed=config.seed, start_step=step,
-      augment_config=config.data.augment))
-  eval_batch = math.ceil(config.train.eval_batch_size / num_replicas) * (
-      num_replicas)
-
-  def evaluator(split, signals):
-    """evaluate() -> [loss sum, correct, count] over all of split."""
-    iterator = iter(_distribute(strategy, input_pipeline.eval_dataset, split,
-                                global_batch_size=eval_batch))
-    loop = steps.make_eval_loop(
-        strategy=strategy, model=model,
-        num_steps=input_pipeline.eval_steps(len(split), eval_batch))
-
-    def evaluate():
-      with evaluated_weights():
-        return signals.call(loop, iterator).numpy()
-    return evaluate
-
-
-  logging.info('%s: %d replicas on %s, global batch %d, %d steps per epoch '
-               'in loops of %d, XLA %s, precision %s', config.model.name,
-               num_replicas, kind, global_batch, steps_per_epoch,
-               settings.steps_per_loop, 'on' if settings.jit_compile else 'off',
-               settings.precision)
-  stop_on_nonfinite = config.train.on_nonfinite_loss == 'stop'
-  train_loop = steps.make_train_loop(
-      strategy=strategy, model=model, optimizer=optimizer,
-      global_batch_size=global_batch, jit_compile=settings.jit_compile,
-      stop_on_nonfinite=stop_on_nonfinite,
-      label_smoothing=config.train.label_smoothing, weight_average=average)
-  writer = reporting.MetricsWriter(workdir, resume_step=step) if chief else None
+      optimizer=getattr(trained.optimizer, 'inner_optimizer',
+                        trained.optimizer),
+      step=step, epoch_totals=epoch_totals, topology=saved_topology,
+      **({'weight_average': [*trained.average.averages,
+                             trained.average.updates]}
+         if trained.average else {}))
+  replicas = topology.replicas
+  eval_batch = math.ceil(config.train.eval_batch_size / replicas) * replicas
+  logging.info('%s: %s on %s, global batch %d, %d steps per epoch in loops '
+               'of %d, XLA %s, precision %s', config.model.name, topology,
+               kind, config.train.global_batch_size, steps_per_epoch,
+               settings.steps_per_loop,
+               'on' if settings.jit_compile else 'off', settings.precision)
   board = summaries.Summaries(workdir,
                               enabled=chief and config.outputs.tensorboard)
   board.write_config(config)
-  preemption = _preemption_handler(strategy, checkpointer)
+  return Run(
+      config=config, workdir=workdir, started=started, strategy=strategy,
+      chief=chief, topology=topology, settings=settings, splits=splits,
+      steps_per_epoch=steps_per_epoch,
+      total_steps=config.train.epochs * steps_per_epoch, trained=trained,
+      schedule=optimizers.learning_rate_schedule(
+          config.optimizer, steps_per_epoch=steps_per_epoch,
+          epochs=config.train.epochs),
+      train_loop=steps.make_train_loop(
+          strategy=strategy, model=trained.model, optimizer=trained.optimizer,
+          global_batch_size=config.train.global_batch_size,
+          jit_compile=settings.jit_compile,
+          stop_on_nonfinite=config.train.on_nonfinite_loss == 'stop',
+          label_smoothing=config.train.label_smoothing,
+          weight_average=trained.average),
+      evaluators={name: _evaluator(strategy, trained, splits[name],
+                                   eval_batch=eval_batch)
+                  for name in ('eval', 'test')},
+      stop_vote=cluster.StopVote(strategy), checkpointer=checkpointer,
+      step=step, epoch_totals=epoch_totals, saved_topology=saved_topology,
+      board=board, progress=reporting.Progress(
+          total_steps=config.train.epochs * steps_per_epoch,
+          epochs=config.train.epochs, enabled=chief))
 
-  def learning_rate():
-    # The rate of the last step taken: the schedule counts applied updates.
-    return float(schedule(max(int(optimizer.iterations.numpy()) - 1, 0)))
 
-  def stop_if_asked():
-    """Checkpoints and stops on a signal or a preemption notice."""
-    if preemption:
-      preemption.save_checkpoint_if_preempted()
-    if signals.requested:
-      if last_saved != step:
-        checkpointer.save(step)
-      raise interrupts.Interrupted(signals.requested, step)
+def resume(run: Run) -> TrainState:
+  """Restores the latest checkpoint, if any, and starts the input there."""
+  restored = run.checkpointer.restore_latest()
+  step = int(run.step.numpy())
+  if restored:
+    logging.info('Resuming from %s at step %d (epoch %d).', restored, step,
+                 step // run.steps_per_epoch + 1)
+    workers, replicas = (int(n) for n in run.saved_topology.numpy())
+    saved = cluster.Topology(workers=workers, replicas=replicas)
+    if saved != run.topology:
+      # Safe: the examples of global batch k depend on (seed, k) only.
+      logging.warning('The topology changed: the checkpoint was saved on %s, '
+                      'this run has %s.', saved, run.topology)
+  target = run.config.train.stop_at_accuracy
+  reached = bool(target) and any(
+      r['eval_accuracy'] >= target and r['step'] <= step
+      for r in reporting.read_metrics(run.workdir))
+  return TrainState(
+      step=step, last_saved=step, first_step=step,
+      writer=(reporting.MetricsWriter(run.workdir, resume_step=step)
+              if run.chief else None),
+      finished=reached or step >= run.total_steps,
+      train_iterator=_distribute(
+          run.strategy, input_pipeline.train_dataset, run.splits['train'],
+          global_batch_size=run.config.train.global_batch_size,
+          seed=run.config.seed, start_step=step,
+          augment_config=run.config.data.augment))
 
-  target = config.train.stop_at_accuracy
-  if target and any(r['eval_accuracy'] >= target and r['step'] <= step
-                    for r in reporting.read_metrics(workdir)):
-    total_steps = step  # Resuming a run that had already reached its target.
 
-  loops_start, loops_first_step = time.time(), step
-  last_saved = step
-  records = []
-  with interrupts.SignalWatch() as signals:
-    evaluate = evaluator(eval_split, signals)
-    while step < total_steps:
-      epoch = step // steps_per_epoch
-      epoch_end = (epoch + 1) * steps_per_epoch
-      epoch_train_s = 0.0
-      while step < epoch_end:
-        loop_start = time.time()
-        result = {k: v.numpy() for k, v in signals.call(
-            train_loop, train_iterator,
-            tf.constant(min(settings.steps_per_loop,
-                            epoch_end - step))).items()}
-        loop_s = time.time() - loop_start
-        step += int(result['steps'])
-        if result['nonfinite_steps'] and stop_on_nonfinite:
-          raise NonFiniteLossError(step)
-        step_var.assign(step)
-        epoch_sums.assign_add([result['loss'], result['correct'],
-                               result['count'], result['nonfinite_steps']])
-        epoch_train_s += loop_s
-        steps_per_s = (step - loops_first_step) / (time.time() - loops_start)
-        count = max(result['count'], 1)
-        board.write_train(step, loss=result['loss'] / count,
-                          accuracy=result['correct'] / count,
-                          learning_rate=learning_rate(),
-                          examples_per_s=result['count'] / loop_s)
-        logging.info(reporting.loop_line(
-            step=step, total_steps=total_steps, epoch=epoch + 1,
-            epochs=config.train.epochs, loss=result['loss'] / count,
-            accuracy=result['correct'] / count,
-            learning_rate=learning_rate(),
-            examples_per_s=result['count'] / loop_s,
-            eta_s=(total_steps - step) / steps_per_s))
-        if step == epoch_end:
-          break  # The epoch's evaluation comes before any checkpoint.
-        stop_if_asked()
-        if (step // config.checkpoint.every_steps >
-            last_saved // config.checkpoint.every_steps):
-          checkpointer.save(step)
-          last_saved = step
+def _learning_rate(run: Run) -> float:
+  # The rate of the last step taken: the schedule counts applied updates.
+  return float(run.schedule(
+      max(int(run.trained.optimizer.iterations.numpy()) - 1, 0)))
 
-      eval_loss, eval_correct, eval_count = evaluate()
-      train_loss, train_correct, train_count, skipped = epoch_sums.numpy()
-      record = {
-          'step': step,
-          'epoch': epoch + 1,
-          'train_loss': float(train_loss / max(train_count, 1)),
-          'train_accuracy': float(train_correct / max(train_count, 1)),
-          'eval_loss': float(eval_loss / eval_count),
-          'eval_accuracy': float(eval_correct / eval_count),
-          'eval_examples': int(eval_count),
-          'learning_rate': learning_rate(),
-          'nonfinite_steps': int(skipped),
-          'elapsed_s': round(time.time() - start, 3),
-          'wall_time': round(time.time(), 3),
-          'examples_per_s': round(train_count / max(epoch_train_s, 1e-9), 1),
-      }
-      logging.info('eval epoch %d: loss %.4f accuracy %.2f%% on %d examples',
-                   epoch + 1, record['eval_loss'],
-                   100 * record['eval_accuracy'], record['eval_examples'])
-      reached = bool(target) and record['eval_accuracy'] >= target
-      if reached:
-        logging.info('Reached train.stop_at_accuracy=%s: stopping.', target)
-        total_steps = step
-      if step >= total_steps and config.data.validation_split:
-        # Chosen on the validation set; the test set is looked at once.
-        test_loss, test_correct, test_count = evaluator(test_split, signals)()
-        record.update(test_loss=float(test_loss / test_count),
-                      test_accuracy=float(test_correct / test_count),
-                      test_examples=int(test_count))
-        logging.info('test: loss %.4f accuracy %.2f%% on %d examples',
-                     record['test_loss'], 100 * record['test_accuracy'],
-                     record['test_examples'])
-      records.append(record)
-      if writer:
-        writer.write(record)
-        reporting.report_to_tuning_service(writer.records,
-                                           metric='eval_accuracy')
-      with evaluated_weights():
-        board.write_eval(
-            step, loss=record['eval_loss'], accuracy=record['eval_accuracy'],
-            misclassified_images=None if kind == 'TPU' or not board.enabled
-            else _misclassified(model, eval_split))
-      epoch_sums.assign(tf.zeros([4], tf.float64))
-      checkpointer.save(step)
-      last_saved = step
-      stop_if_asked()
-  board.close()
-  if average:
-    average.keep()  # From here on the model is the one the evaluations saw.
-  if records and config.outputs.saved_model:
-    _export(model, workdir, chief=chief)
-  if records and chief and config.outputs.plots:
-    written = plots.make_all(workdir)
+
+def _save(run: Run, state: TrainState) -> None:
+  run.saved_topology.assign([run.topology.workers, run.topology.replicas])
+  run.checkpointer.save(state.step)
+  state.last_saved = state.step
+
+
+def _stop_if_asked(run: Run, state: TrainState, signals) -> None:
+  """Checkpoints and stops if any worker was asked to; a collective."""
+  if run.stop_vote(signals.requested is not None):
+    if state.last_saved != state.step:
+      _save(run, state)
+    raise interrupts.Interrupted(signals.requested, state.step,
+                                 chief=run.chief)
+
+
+def train_loop(run: Run, state: TrainState, signals, *,
+               num_steps: int) -> None:
+  """One call of the compiled loop: num_steps steps, one line of output."""
+  loop_start = time.time()
+  totals = signals.call(run.train_loop, state.train_iterator,
+                        tf.constant(num_steps)).numpy()
+  loop_s = time.time() - loop_start
+  state.step += int(totals.steps)
+  if totals.nonfinite_steps and run.config.train.on_nonfinite_loss == 'stop':
+    raise NonFiniteLossError(state.step)
+  run.step.assign(state.step)
+  run.epoch_totals.assign_add(totals)
+  state.epoch_train_s += loop_s
+  steps_per_s = (state.step - state.first_step) / (
+      time.time() - state.loops_start)
+  metrics = reporting.LoopMetrics(
+      step=state.step, epoch=(state.step - 1) // run.steps_per_epoch + 1,
+      loss=totals.mean_loss, accuracy=totals.accuracy,
+      learning_rate=_learning_rate(run),
+      examples_per_s=totals.count / loop_s,
+      eta_s=(run.total_steps - state.step) / steps_per_s)
+  run.board.write_train(metrics.step, **metrics.scalars())
+  run.progress.loop(metrics)
+
+
+def train_epoch(run: Run, state: TrainState, signals) -> None:
+  """Trains to the end of the current epoch, checkpointing on the way."""
+  epoch_end = (state.step // run.steps_per_epoch + 1) * run.steps_per_epoch
+  state.epoch_train_s = 0.0
+  while state.step < epoch_end:
+    train_loop(run, state, signals, num_steps=min(
+        run.settings.steps_per_loop, epoch_end - state.step))
+    if state.step < epoch_end:  # The epoch's end is evaluated first.
+      _stop_if_asked(run, state, signals)
+      every = run.config.checkpoint.every_steps
+      if state.step // every > state.last_saved // every:
+        _save(run, state)
+
+
+def evaluate(run: Run, state: TrainState, signals) -> dict:
+  """The epoch's record: its training totals and an evaluation.
+
+  Also decides whether the run is finished; if so and the run validates on
+  a held-out split, the test set is evaluated, once.
+  """
+  evaluated = run.evaluators['eval'](signals)
+  trained = steps.Totals(*run.epoch_totals.numpy())
+  record = {
+      'step': state.step,
+      'epoch': state.step // run.steps_per_epoch,
+      'train_loss': trained.mean_loss,
+      'train_accuracy': trained.accuracy,
+      'eval_loss': evaluated.mean_loss,
+      'eval_accuracy': evaluated.accuracy,
+      'eval_examples': int(evaluated.count),
+      'learning_rate': _learning_rate(run),
+      'nonfinite_steps': int(trained.nonfinite_steps),
+      'elapsed_s': round(time.time() - run.started, 3),
+      'wall_time': round(time.time(), 3),
+      'examples_per_s': round(trained.count / max(state.epoch_train_s, 1e-9),
+                              1),
+  }
+  run.progress.message(
+      f'eval epoch {record["epoch"]}: loss {record["eval_loss"]:.4f} accuracy '
+      f'{record["eval_accuracy"]:.2%} on {record["eval_examples"]} examples')
+  target = run.config.train.stop_at_accuracy
+  if target and record['eval_accuracy'] >= target:
+    logging.info('Reached train.stop_at_accuracy=%s: stopping.', target)
+    state.finished = True
+  state.finished |= state.step >= run.total_steps
+  if state.finished and run.config.data.validation_split:
+    # Chosen on the validation set; the test set is looked at once.
+    tested = run.evaluators['test'](signals)
+    record.update(test_loss=tested.mean_loss, test_accuracy=tested.accuracy,
+                  test_examples=int(tested.count))
+    run.progress.message(
+        f'test: loss {record["test_loss"]:.4f} accuracy '
+        f'{record["test_accuracy"]:.2%} on {record["test_examples"]} examples')
+  return record
+
+
+def _misclassified(model, split, *, count=8, among=1000):
+  """A few test digits the model gets wrong, for TensorBoard (not on TPU)."""
+  logits = model(split.images[:among], training=False)
+  wrong = tf.argmax(logits, axis=-1).numpy() != split.labels[:among]
+  return split.images[:among][wrong][:count]
+
+
+def publish(run: Run, state: TrainState, record: dict) -> None:
+  """Sends an epoch's record to metrics.jsonl, the tuning service, TensorBoard."""
+  state.records.append(record)
+  if state.writer:
+    state.writer.write(record)
+    reporting.report_to_tuning_service(state.writer.records,
+                                       metric='eval_accuracy')
+  if run.board.enabled:
+    with run.trained.evaluated_weights():
+      run.board.write_eval(
+          state.step, loss=record['eval_loss'],
+          accuracy=record['eval_accuracy'],
+          misclassified_images=None
+          if strategy_lib.device_kind(run.strategy) == 'TPU'
+          else _misclassified(run.trained.model, run.splits['eval']))
+
+
+def end_epoch(run: Run, state: TrainState, signals) -> None:
+  """Starts the next epoch's totals, checkpoints, and stops if asked."""
+  run.epoch_totals.assign(tf.zeros_like(run.epoch_totals))
+  _save(run, state)
+  if not state.finished:
+    _stop_if_asked(run, state, signals)
+
+
+def _export(run: Run) -> None:
+  """Every worker exports, as with checkpoints; only the chief's is kept."""
+  directory = (workdir_lib.path(run.workdir, workdir_lib.EXPORT) if run.chief
+               else tempfile.mkdtemp())
+  export.export_saved_model(run.trained.model, directory)
+  if run.chief:
+    logging.info('Exported the model to %s', directory)
+  else:
+    tf.io.gfile.rmtree(directory)
+
+
+def finish(run: Run, state: TrainState) -> None:
+  """Closes the summaries; exports and plots if this process trained."""
+  run.board.close()
+  if run.trained.average:
+    run.trained.average.keep()  # From here on the model is the evaluated one.
+  if state.records and run.config.outputs.saved_model:
+    _export(run)
+  if state.records and run.chief and run.config.outputs.plots:
+    written = plots.make_all(run.workdir)
     logging.info('Wrote %d plots to %s', len(written),
-                 os.path.join(workdir, plots.PLOTS_DIR))
-  return TrainResult(model=model, metrics=records)
+                 workdir_lib.path(run.workdir, workdir_lib.PLOTS))

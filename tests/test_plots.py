@@ -16,6 +16,7 @@ from mnist_dist import export
 from mnist_dist import input_pipeline
 from mnist_dist import plots
 from mnist_dist import train
+from mnist_dist import workdir as workdir_lib
 
 NAMES = ('training_curves.png', 'learning_rate.png', 'predictions.png',
          'worst_mistakes.png', 'confusion_matrix.png')
@@ -35,7 +36,7 @@ def workdir(tmp_path_factory):
 @pytest.fixture(scope='module')
 def test_split(workdir):
   """The run's test split and the export's predictions on it."""
-  config = plots.read_config(str(workdir))
+  config = workdir_lib.read_config(str(workdir))
   _, test = input_pipeline.load(config.data, seed=config.seed)
   probabilities, classes = export.load_predict_fn(str(workdir / 'export'))(
       test.images)

@@ -15,7 +15,7 @@ import tensorflow as tf
 from helpers import ROOT
 from helpers import checkpoint_variables
 from helpers import small_config
-from mnist_dist import checkpoints
+from mnist_dist import workdir as workdir_lib
 from mnist_dist import config as config_lib
 from mnist_dist import interrupts
 from mnist_dist import train
@@ -184,6 +184,6 @@ def test_nonfinite_loss_exit_code_through_the_entry_point(tmp_path):
 def test_config_json_records_the_run(tmp_path):
   config = _config(tmp_path)
   train.train_and_evaluate(config, str(tmp_path))
-  with open(tmp_path / checkpoints.CONFIG_FILE) as f:
+  with open(tmp_path / workdir_lib.CONFIG) as f:
     assert json.load(f) == json.loads(config.to_json())
 
