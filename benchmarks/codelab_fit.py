@@ -24,12 +24,12 @@ import keras
 from ml_collections import config_flags
 import tensorflow as tf
 
+from benchmarks import runner
 from mnist_dist import idx
 from mnist_dist import models
+from mnist_dist import optimizers
 
 config_flags.DEFINE_config_file('config', None, 'A config of configs/.')
-_DATA_DIR = flags.DEFINE_string('data_dir', '../shared/mnist',
-                                'Folder with the four IDX files.')
 _EPOCHS = flags.DEFINE_integer('epochs', 0,
                                "Epochs to train; 0: the config's train.epochs.")
 _VALIDATE = flags.DEFINE_bool('validate', False,
@@ -89,13 +89,12 @@ def main(argv):
   config = flags.FLAGS.config
   keras.utils.set_random_seed(config.seed)
   batch = config.train.global_batch_size
-  train = (codelab_dataset(_DATA_DIR.value, 'train').cache()
+  train = (codelab_dataset(runner.DATA_DIR.value, 'train').cache()
            .shuffle(5000, reshuffle_each_iteration=True).repeat()
            .batch(batch, drop_remainder=True).prefetch(-1))
-  test = codelab_dataset(_DATA_DIR.value, 'test').cache().batch(10000)
+  test = codelab_dataset(runner.DATA_DIR.value, 'test').cache().batch(10000)
   model = models.create_model(config.model)
-  optimizer = {'sgd': keras.optimizers.SGD,
-               'adam': keras.optimizers.Adam}[config.optimizer.name]
+  optimizer = optimizers.OPTIMIZERS[config.optimizer.name]
   model.compile(optimizer=optimizer(config.optimizer.learning_rate),
                 loss=keras.losses.CategoricalCrossentropy(from_logits=True),
                 metrics=['accuracy'])

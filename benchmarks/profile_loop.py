@@ -11,26 +11,26 @@ Times, per step and after a warm-up, on the trainer's own code:
   host     what one call of the loop costs beyond its steps: a 1-step loop's
            time minus one compute step, paid once per steps_per_loop steps.
 The input share of the full step is (full - compute) / full.
+
+The run is built by the trainer's own `train.build_run` (in a temporary
+workdir, with the outputs off): the same strategy, data, device settings,
+model, optimizer and compiled loop as `python -m mnist_dist.main`.
 """
 
 import functools
+import tempfile
 import time
 
 from absl import app
 from absl import flags
-import keras
 from ml_collections import config_flags
 import tensorflow as tf
 
+from benchmarks import runner
 from mnist_dist import input_pipeline
-from mnist_dist import models
-from mnist_dist import optimizers
-from mnist_dist import steps
-from mnist_dist import strategy as strategy_lib
+from mnist_dist import train
 
 config_flags.DEFINE_config_file('config', None, 'A config of configs/.')
-_DATA_DIR = flags.DEFINE_string('data_dir', '../shared/mnist',
-                                'Folder with the four MNIST IDX files.')
 _STEPS = flags.DEFINE_integer('steps', 300, 'Steps timed per measurement.')
 
 
@@ -41,33 +41,13 @@ def _per_step_s(fn, num_steps: int) -> float:
   return (time.perf_counter() - start) / num_steps
 
 
-def main(argv):
-  del argv
-  config = flags.FLAGS.config
-  config.data.dir = _DATA_DIR.value
-  strategy = strategy_lib.create_strategy(config.distribution)
-  train_split, _ = input_pipeline.load(config.data, seed=config.seed)
-  batch = config.train.global_batch_size
-  steps_per_epoch = len(train_split) // batch
-  settings = strategy_lib.device_settings(
-      config.train, device_kind=strategy_lib.device_kind(strategy),
-      steps_per_epoch=steps_per_epoch)
-  keras.mixed_precision.set_global_policy(settings.precision)
-  with strategy.scope():
-    model = models.create_model(config.model)
-    optimizer = optimizers.create_optimizer(
-        config.optimizer, steps_per_epoch=steps_per_epoch,
-        epochs=config.train.epochs, precision=settings.precision,
-        skip_nonfinite=False)
-    optimizer.build(model.trainable_variables)
-  train_loop = steps.make_train_loop(
-      strategy=strategy, model=model, optimizer=optimizer,
-      global_batch_size=batch, jit_compile=settings.jit_compile,
-      stop_on_nonfinite=True)
-
-  dataset_fn = functools.partial(input_pipeline.train_dataset,
-                                 split=train_split, global_batch_size=batch,
-                                 seed=config.seed)
+def _profile(run: train.Run) -> dict[str, float]:
+  """{measurement: seconds per step} of the run's loop and input."""
+  strategy, config = run.strategy, run.config
+  dataset_fn = functools.partial(
+      input_pipeline.train_dataset, split=run.splits['train'],
+      global_batch_size=config.train.global_batch_size, seed=config.seed,
+      augment_config=config.data.augment)
   real = iter(strategy.distribute_datasets_from_function(dataset_fn))
   fixed = iter(strategy.distribute_datasets_from_function(
       lambda ctx: dataset_fn(ctx).take(1).cache().repeat()))
@@ -78,18 +58,35 @@ def main(argv):
       strategy.run(lambda images, labels: tf.shape(images)[0],
                    args=next(iterator))
 
+  def train_steps(iterator, num_steps):
+    # Totals.numpy() waits for the loop to finish on the device.
+    return run.train_loop(iterator, tf.constant(num_steps)).numpy()
+
   timings = {
       'input': _per_step_s(lambda n: drain(real, tf.constant(n)), _STEPS.value),
-      'full': _per_step_s(lambda n: train_loop(real, tf.constant(n)),
-                          _STEPS.value),
-      'compute': _per_step_s(lambda n: train_loop(fixed, tf.constant(n)),
+      'full': _per_step_s(functools.partial(train_steps, real), _STEPS.value),
+      'compute': _per_step_s(functools.partial(train_steps, fixed),
                              _STEPS.value),
   }
-  one_call = _per_step_s(lambda n: [train_loop(fixed, tf.constant(1))
-                                    for _ in range(n)], 100)
+  one_call = _per_step_s(lambda n: [train_steps(fixed, 1) for _ in range(n)],
+                         100)
   timings['host'] = one_call - timings['compute']
-  print(f'{config.model.name}, global batch {batch}, precision '
-        f'{settings.precision}, loops of {settings.steps_per_loop}:')
+  return timings
+
+
+def main(argv):
+  del argv
+  config = flags.FLAGS.config
+  config.data.dir = runner.DATA_DIR.value
+  config.outputs.tensorboard = False
+  config.outputs.saved_model = False
+  config.outputs.plots = False
+  with tempfile.TemporaryDirectory() as workdir:
+    run = train.build_run(config, workdir)
+    timings = _profile(run)
+  settings = run.settings
+  print(f'{config.model.name}, global batch {config.train.global_batch_size}, '
+        f'precision {settings.precision}, loops of {settings.steps_per_loop}:')
   for name, seconds in timings.items():
     print(f'  {name:8s} {1e3 * seconds:8.3f} ms per step')
   share = (timings['full'] - timings['compute']) / timings['full']

@@ -19,36 +19,20 @@ trainer's start-up, from launching the process to the start of
 set: both run the config as it is.
 """
 
-import json
 import os
-import platform
-import subprocess
-import sys
-import time
 
 from absl import app
 from absl import flags
 
-from mnist_dist import reporting
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmarks import runner
 
 _CONFIG = flags.DEFINE_string('config', 'conv_bn', 'A config name of configs/.')
 _TARGETS = flags.DEFINE_list('targets', ['0.99', '0.995'],
                              'Test accuracies to time.')
-_DATA_DIR = flags.DEFINE_string('data_dir', '../shared/mnist',
-                                'Folder with the four MNIST IDX files.')
 _OUT = flags.DEFINE_string('out', '/tmp/time_to_accuracy', 'Output folder.')
 _SEEDS = flags.DEFINE_list('seeds', ['0'], 'config.seed of the runs; each '
                            'seed is one run of each.')
 _FIT = flags.DEFINE_bool('fit', True, 'Also time the codelab recipe.')
-
-
-def _launch(args) -> float:
-  start = time.time()
-  subprocess.run([sys.executable, *args], cwd=ROOT, check=True,
-                 capture_output=True)
-  return start
 
 
 def _first_reaching(records, start, target):
@@ -65,24 +49,14 @@ def _first_reaching(records, start, target):
   return None, None
 
 
-def _fit_run(config_path, seed):
-  fit_file = os.path.join(_OUT.value, f'fit_{seed}.jsonl')
-  if os.path.exists(fit_file):
-    os.remove(fit_file)
-  start = _launch(['-m', 'benchmarks.codelab_fit', f'--config={config_path}',
-                   f'--config.seed={seed}', f'--data_dir={_DATA_DIR.value}',
-                   '--validate', f'--out={fit_file}'])
-  with open(fit_file) as f:
-    return start, [json.loads(line) for line in f]
-
-
-def _trainer_run(config_path, seed):
-  workdir = os.path.join(_OUT.value, f'trainer_{seed}')
-  subprocess.run(['rm', '-rf', workdir], check=True)
-  start = _launch(['-m', 'mnist_dist.main', f'--config={config_path}',
-                   f'--workdir={workdir}', f'--config.seed={seed}',
-                   f'--config.data.dir={_DATA_DIR.value}'])
-  return start, reporting.read_metrics(workdir)
+def _fit_run(seed):
+  """(launch time, records) of the codelab recipe, or (None, []) with --nofit."""
+  if not _FIT.value:
+    return None, []
+  process, records = runner.run_codelab_fit(
+      _CONFIG.value, os.path.join(_OUT.value, f'fit_{seed}.jsonl'),
+      '--validate', f'--config.seed={seed}')
+  return process.start, records
 
 
 def _shown(seconds, epoch):
@@ -92,19 +66,18 @@ def _shown(seconds, epoch):
 def main(argv):
   del argv
   os.makedirs(_OUT.value, exist_ok=True)
-  config_path = os.path.join(ROOT, 'configs', _CONFIG.value + '.py')
-  print(f'{_CONFIG.value}, {os.cpu_count()} CPUs '
-        f'({platform.processor() or platform.machine()}):')
-  print('| seed | target | codelab model.fit | this trainer | trainer '
-        'start-up | trainer test accuracy |')
-  print('| --- | --- | --- | --- | --- | --- |')
+  machine = runner.machine()
+  print(f'{_CONFIG.value}, {machine["cpus"]} CPUs ({machine["processor"]}):')
+  runner.print_header('seed', 'target', 'codelab model.fit', 'this trainer',
+                      'trainer start-up', 'trainer test accuracy')
   results = []
   for seed in map(int, _SEEDS.value):
-    fit_start, fit_records = _fit_run(config_path, seed) if _FIT.value else (
-        None, [])
-    trainer_start, trainer_records = _trainer_run(config_path, seed)
+    fit_start, fit_records = _fit_run(seed)
+    trainer, trainer_records = runner.run_trainer(
+        _CONFIG.value, os.path.join(_OUT.value, f'trainer_{seed}'),
+        f'--config.seed={seed}')
     first = trainer_records[0]
-    startup_s = round(first['wall_time'] - first['elapsed_s'] - trainer_start,
+    startup_s = round(first['wall_time'] - first['elapsed_s'] - trainer.start,
                       1)
     last = trainer_records[-1]
     accuracy = last.get('test_accuracy', last['eval_accuracy'])
@@ -114,14 +87,14 @@ def main(argv):
       row['fit_s'], row['fit_epoch'] = _first_reaching(fit_records, fit_start,
                                                        target)
       row['trainer_s'], row['trainer_epoch'] = _first_reaching(
-          trainer_records, trainer_start, target)
+          trainer_records, trainer.start, target)
       results.append(row)
       fit = _shown(row['fit_s'], row['fit_epoch']) if _FIT.value else '-'
-      print(f'| {seed} | {target:.1%} | {fit} | '
-            f'{_shown(row["trainer_s"], row["trainer_epoch"])} | '
-            f'{startup_s} s | {accuracy:.2%} |', flush=True)
-    with open(os.path.join(_OUT.value, 'time_to_accuracy.json'), 'w') as f:
-      json.dump({'config': _CONFIG.value, 'rows': results}, f, indent=1)
+      runner.print_row(seed, f'{target:.1%}', fit,
+                       _shown(row['trainer_s'], row['trainer_epoch']),
+                       f'{startup_s} s', f'{accuracy:.2%}')
+    runner.write_json(_OUT.value, 'time_to_accuracy.json',
+                      {'config': _CONFIG.value, 'rows': results})
 
 
 if __name__ == '__main__':

@@ -43,7 +43,7 @@ _PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
 
 @dataclasses.dataclass(frozen=True)
 class Topology:
-  """How many processes and replicas a run trains on."""
+  """How many trainer processes and replicas a run trains on."""
   workers: int
   replicas: int
 
@@ -55,7 +55,9 @@ class Topology:
 def topology(strategy: tf.distribute.Strategy) -> Topology:
   resolver = strategy.cluster_resolver
   workers = 1
-  if resolver is not None and resolver.task_type:
+  # TPUStrategy is one client process driving every host of a pod slice.
+  if (resolver is not None and resolver.task_type and
+      not isinstance(strategy, tf.distribute.TPUStrategy)):
     spec = resolver.cluster_spec().as_dict()
     workers = sum(len(spec.get(job, ())) for job in ('chief', 'worker'))
   return Topology(workers=workers, replicas=strategy.num_replicas_in_sync)

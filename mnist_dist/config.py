@@ -4,16 +4,20 @@
 `configs/` start from it and change what their model needs. Any key can be set
 from the command line with `--config.a.b=value`; a key that is not here is
 refused by ml_collections, so a typo never passes silently.
+
+The choices of model.name, optimizer.name, optimizer.schedule and
+distribution.strategy are listed once, by the modules that build them
+(`models.NAMES`, `optimizers.NAMES`, `optimizers.SCHEDULE_NAMES`,
+`strategy.NAMES`); `validate` checks against those lists. The lists below are
+settings no module builds by name, and data.source.
 """
 
 import ml_collections
 
-MODELS = ('dense_softmax', 'dense', 'dense_dropout', 'conv', 'conv_bn',
-          'conv_bn_deep')
-STRATEGIES = ('auto', 'one_device', 'mirrored', 'multi_worker_mirrored', 'tpu')
+# data.source. TODO: input_pipeline.py is to own this list, as models.py owns
+# its own (see `_choices`); until then it is kept here, in step with
+# input_pipeline._load_source.
 SOURCES = ('auto', 'idx', 'tfds', 'synthetic')
-OPTIMIZERS = ('sgd', 'adam')
-SCHEDULES = ('exponential', 'cosine')
 PRECISIONS = ('auto', 'float32', 'mixed_bfloat16', 'mixed_float16')
 NONFINITE_LOSS = ('stop', 'skip')
 JIT_COMPILE = ('auto', 'on', 'off')
@@ -132,6 +136,34 @@ def default_config() -> ml_collections.ConfigDict:
   return config
 
 
+def _choices() -> dict[str, tuple[str, ...]]:
+  """{key: the values it may take}, in the order `validate` checks them.
+
+  The modules are imported here, when a config is checked, not when this
+  module is: they import ConfigError from it, and loading a config file
+  (configs/*.py) needs no TensorFlow. So the module graph stays one-way, from
+  the implementations to this module.
+  """
+  from mnist_dist import models
+  from mnist_dist import optimizers
+  from mnist_dist import strategy
+  return {
+      'model.name': models.NAMES,
+      'distribution.strategy': strategy.NAMES,
+      'data.source': SOURCES,
+      'optimizer.name': optimizers.NAMES,
+      'optimizer.schedule': optimizers.SCHEDULE_NAMES,
+      'train.precision': PRECISIONS,
+      'train.jit_compile': JIT_COMPILE,
+      'train.on_nonfinite_loss': NONFINITE_LOSS,
+  }
+
+
+def _value(config, key):
+  section, name = key.split('.')
+  return config[section][name]
+
+
 def _check_choice(value, choices, key):
   if value not in choices:
     raise ConfigError(
@@ -149,23 +181,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   Checks that need the strategy (the batch against the replica count, the
   loop against the epoch) are in `check_against_run`.
   """
-  _check_choice(config.model.name, MODELS, 'model.name')
-  _check_choice(config.distribution.strategy, STRATEGIES,
-                'distribution.strategy')
-  _check_choice(config.data.source, SOURCES, 'data.source')
-  _check_choice(config.optimizer.name, OPTIMIZERS, 'optimizer.name')
-  _check_choice(config.optimizer.schedule, SCHEDULES, 'optimizer.schedule')
-  _check_choice(config.train.precision, PRECISIONS, 'train.precision')
-  _check_choice(config.train.jit_compile, JIT_COMPILE, 'train.jit_compile')
-  _check_choice(config.train.on_nonfinite_loss, NONFINITE_LOSS,
-                'train.on_nonfinite_loss')
+  for key, choices in _choices().items():
+    _check_choice(_value(config, key), choices, key)
   for key in ('train.epochs', 'train.global_batch_size',
               'train.eval_batch_size', 'optimizer.learning_rate',
               'optimizer.decay_rate', 'data.synthetic_train_examples',
               'data.synthetic_eval_examples', 'checkpoint.every_steps',
               'checkpoint.keep'):
-    section, name = key.split('.')
-    _check_positive(config[section][name], key)
+    _check_positive(_value(config, key), key)
   if not 0 <= config.model.dropout < 1:
     raise ConfigError(f'model.dropout={config.model.dropout} must be in [0, 1)')
   if not isinstance(config.model.width, int) or config.model.width < 1:

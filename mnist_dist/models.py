@@ -83,8 +83,9 @@ def _conv_bn_deep(config):
   return stack + [layers.Flatten(), layers.Dropout(config.dropout)]
 
 
-# Each returns the layers between the scaled input and the logits layer.
-_BUILDERS = {
+# model.name -> the builder of the layers between the scaled input and the
+# logits layer. The one list of the models: config.validate checks against it.
+BUILDERS = {
     'dense_softmax': _dense_softmax,
     'dense': _dense,
     'dense_dropout': _dense_dropout,
@@ -92,11 +93,12 @@ _BUILDERS = {
     'conv_bn': _conv_bn,
     'conv_bn_deep': _conv_bn_deep,
 }
+NAMES = tuple(BUILDERS)
 
 
 def create_model(model_config) -> keras.Model:
   """Builds config.model.name; call it inside the strategy's scope."""
-  hidden = _BUILDERS[model_config.name](model_config)
+  hidden = BUILDERS[model_config.name](model_config)
   return keras.Sequential(
       [keras.Input((28, 28), dtype='uint8'), layers.Rescaling(1 / 256),
        *hidden,

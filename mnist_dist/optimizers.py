@@ -1,6 +1,36 @@
-"""The optimizer and its learning-rate schedule."""
+"""The optimizer and its learning-rate schedule.
+
+OPTIMIZERS and SCHEDULES are the one list of each choice (optimizer.name,
+optimizer.schedule): config.validate checks against them.
+"""
 
 import keras
+
+# optimizer.name -> its Keras class.
+OPTIMIZERS = {'sgd': keras.optimizers.SGD, 'adam': keras.optimizers.Adam}
+NAMES = tuple(OPTIMIZERS)
+
+
+def _exponential(optimizer_config, *, steps_per_epoch: int, epochs: int):
+  del epochs
+  return keras.optimizers.schedules.ExponentialDecay(
+      optimizer_config.learning_rate,
+      decay_steps=steps_per_epoch,
+      decay_rate=optimizer_config.decay_rate,
+      staircase=optimizer_config.staircase)
+
+
+def _cosine(optimizer_config, *, steps_per_epoch: int, epochs: int):
+  warmup_steps = round(optimizer_config.warmup_epochs * steps_per_epoch)
+  return keras.optimizers.schedules.CosineDecay(
+      0.0, decay_steps=epochs * steps_per_epoch - warmup_steps,
+      warmup_target=optimizer_config.learning_rate,
+      warmup_steps=warmup_steps)
+
+
+# optimizer.schedule -> its builder (see learning_rate_schedule).
+SCHEDULES = {'exponential': _exponential, 'cosine': _cosine}
+SCHEDULE_NAMES = tuple(SCHEDULES)
 
 
 def learning_rate_schedule(
@@ -15,17 +45,8 @@ def learning_rate_schedule(
   cosine: linear from 0 to learning_rate over warmup_epochs, then half a
   cosine down to 0 at the end of the last epoch.
   """
-  if optimizer_config.schedule == 'cosine':
-    warmup_steps = round(optimizer_config.warmup_epochs * steps_per_epoch)
-    return keras.optimizers.schedules.CosineDecay(
-        0.0, decay_steps=epochs * steps_per_epoch - warmup_steps,
-        warmup_target=optimizer_config.learning_rate,
-        warmup_steps=warmup_steps)
-  return keras.optimizers.schedules.ExponentialDecay(
-      optimizer_config.learning_rate,
-      decay_steps=steps_per_epoch,
-      decay_rate=optimizer_config.decay_rate,
-      staircase=optimizer_config.staircase)
+  return SCHEDULES[optimizer_config.schedule](
+      optimizer_config, steps_per_epoch=steps_per_epoch, epochs=epochs)
 
 
 def create_optimizer(optimizer_config, *, steps_per_epoch: int, epochs: int,
@@ -39,9 +60,7 @@ def create_optimizer(optimizer_config, *, steps_per_epoch: int, epochs: int,
   schedule = learning_rate_schedule(optimizer_config,
                                     steps_per_epoch=steps_per_epoch,
                                     epochs=epochs)
-  optimizer_class = {'sgd': keras.optimizers.SGD,
-                     'adam': keras.optimizers.Adam}[optimizer_config.name]
-  optimizer = optimizer_class(learning_rate=schedule)
+  optimizer = OPTIMIZERS[optimizer_config.name](learning_rate=schedule)
   if precision == 'mixed_float16':
     # float16 gradients underflow without a dynamic loss scale; skipping
     # non-finite steps is part of what it does.

@@ -1,12 +1,19 @@
-"""What a run tells its user: a log line per loop and metrics.jsonl."""
+"""What a run tells its user: a log line per loop or a progress bar, and
+metrics.jsonl."""
 
+import contextlib
 import dataclasses
 import json
+import logging as py_logging
 import os
+import sys
 import time
+from typing import TextIO
 
 from absl import logging
 import tensorflow as tf
+import tqdm
+from tqdm import contrib as tqdm_contrib
 
 from mnist_dist import workdir as workdir_lib
 
@@ -47,22 +54,86 @@ def loop_line(metrics: LoopMetrics, *, total_steps: int, epochs: int) -> str:
           f'ETA {format_duration(metrics.eta_s)}')
 
 
-class Progress:
-  """Where a run shows its progress: a line per loop in the log.
+def bar_fields(metrics: LoopMetrics) -> str:
+  """The numbers the progress bar shows after its step count."""
+  return (f'loss {metrics.loss:.4f}, acc {metrics.accuracy:.2%}, '
+          f'{metrics.examples_per_s:,.0f} ex/s, '
+          f'ETA {format_duration(metrics.eta_s)}')
 
+
+def _stream_handlers() -> list[py_logging.StreamHandler]:
+  """Every logging handler that writes to a stream, absl's among them."""
+  loggers = [py_logging.root, *(
+      logger for logger in py_logging.root.manager.loggerDict.values()
+      if isinstance(logger, py_logging.Logger))]
+  handlers = [logging.get_absl_handler().python_handler]  # Inside absl's.
+  handlers += [handler for logger in loggers for handler in logger.handlers
+               if isinstance(handler, py_logging.StreamHandler)]
+  return list(dict.fromkeys(handlers))
+
+
+@contextlib.contextmanager
+def _lines_above_the_bar(stream: TextIO):
+  """What logging and sys.stderr write to `stream` goes through tqdm.write,
+  which clears the bar, writes the line and draws the bar again below it."""
+  above = tqdm_contrib.DummyTqdmFile(stream)
+  handlers = [handler for handler in _stream_handlers()
+              if handler.stream is stream]
+  stderr = sys.stderr
+  for handler in handlers:
+    handler.setStream(above)
+  if stderr is stream:
+    sys.stderr = above
+  try:
+    yield
+  finally:
+    if sys.stderr is above:
+      sys.stderr = stderr
+    for handler in handlers:
+      if handler.stream is above:
+        handler.setStream(stream)
+
+
+class Progress:
+  """Where a run shows its progress.
+
+  On a terminal (the stream, stderr by default, is a TTY): one progress bar
+  for the run, with the last loop's loss, accuracy, speed and ETA; while it
+  shows, every other line (messages, logging, warnings) is written above it.
+  Elsewhere (a log file, a pipe): a `loop_line` per loop, through logging.
   One object per run; disabled on the workers that are not the chief.
   """
 
-  def __init__(self, *, total_steps: int, epochs: int, enabled: bool):
+  def __init__(self, *, total_steps: int, epochs: int, enabled: bool,
+               stream: TextIO | None = None):
     self._total_steps = total_steps
     self._epochs = epochs
     self._enabled = enabled
+    self._stream = sys.stderr if stream is None else stream
+    isatty = getattr(self._stream, 'isatty', None)
+    self._use_bar = enabled and bool(isatty and isatty())
+    self._bar = None
+    self._shown = contextlib.ExitStack()  # Closes the bar, if one shows.
 
   def loop(self, metrics: LoopMetrics) -> None:
     """After each training loop."""
-    if self._enabled:
+    if not self._enabled:
+      return
+    if not self._use_bar:
       logging.info(loop_line(metrics, total_steps=self._total_steps,
                              epochs=self._epochs))
+      return
+    if self._bar is None:
+      self._shown.enter_context(_lines_above_the_bar(self._stream))
+      self._bar = self._shown.enter_context(tqdm.tqdm(
+          total=self._total_steps, file=self._stream, dynamic_ncols=True,
+          bar_format='{desc} {percentage:3.0f}%|{bar}| '
+                     '{n_fmt}/{total_fmt}{postfix}'))
+    # The step, not an increment: a resumed run starts where it left off.
+    self._bar.n = metrics.step
+    self._bar.set_description_str(f'epoch {metrics.epoch}/{self._epochs}',
+                                  refresh=False)
+    self._bar.set_postfix_str(bar_fields(metrics))  # Draws the bar.
 
   def message(self, text: str) -> None:
     """Any other line of the run's story (evaluations, checkpoints)."""
@@ -71,6 +142,8 @@ class Progress:
 
   def close(self) -> None:
     """At the end of the run, or when it stops."""
+    self._shown.close()
+    self._bar = None
 
 
 class MetricsWriter:

@@ -52,6 +52,22 @@ def _logical_cpus(count: int) -> list[str]:
   return devices[:count]
 
 
+# distribution.strategy -> (devices, tpu, gpu) -> the strategy. With 'auto'
+# (create_strategy picks one of these), the one list of the choices:
+# config.validate checks against NAMES.
+FACTORIES = {
+    'one_device': lambda devices, tpu, gpu: tf.distribute.OneDeviceStrategy(
+        '/gpu:0' if gpu else '/cpu:0'),
+    'mirrored': lambda devices, tpu, gpu: tf.distribute.MirroredStrategy(
+        devices and list(devices)),
+    # Cluster membership comes from TF_CONFIG, as TensorFlow defines it.
+    'multi_worker_mirrored': lambda devices, tpu, gpu: (
+        tf.distribute.MultiWorkerMirroredStrategy()),
+    'tpu': lambda devices, tpu, gpu: _tpu_strategy(tpu),
+}
+NAMES = ('auto', *FACTORIES)
+
+
 @functools.cache
 def _make_strategy(name: str, *, devices: tuple[str, ...] | None, tpu: str,
                    gpu: bool) -> tf.distribute.Strategy:
@@ -61,14 +77,7 @@ def _make_strategy(name: str, *, devices: tuple[str, ...] | None, tpu: str,
   first and fails with "Shape mismatch in the collective instance" (a known
   TF issue); a TPU system and a multi-worker cluster are set up only once.
   """
-  if name == 'tpu':
-    return _tpu_strategy(tpu)
-  if name == 'multi_worker_mirrored':
-    # Cluster membership comes from TF_CONFIG, as TensorFlow defines it.
-    return tf.distribute.MultiWorkerMirroredStrategy()
-  if name == 'mirrored':
-    return tf.distribute.MirroredStrategy(devices and list(devices))
-  return tf.distribute.OneDeviceStrategy('/gpu:0' if gpu else '/cpu:0')
+  return FACTORIES[name](devices, tpu, gpu)
 
 
 def create_strategy(distribution_config) -> tf.distribute.Strategy:

@@ -6,6 +6,8 @@ import pytest
 from helpers import load_config
 from mnist_dist import config as config_lib
 from mnist_dist import models
+from mnist_dist import optimizers
+from mnist_dist import strategy as strategy_lib
 
 # config: (batch, optimizer, lr, decay per epoch, trainable parameters,
 #          layer kinds after the input scaling, logits excluded)
@@ -83,6 +85,33 @@ def test_bad_values_are_refused_by_name(key, value, message):
   node[name] = value
   with pytest.raises(config_lib.ConfigError, match=message):
     config_lib.validate(config)
+
+
+@pytest.mark.parametrize('key,module_names', [
+    ('model.name', models.NAMES),
+    ('distribution.strategy', strategy_lib.NAMES),
+    ('optimizer.name', optimizers.NAMES),
+    ('optimizer.schedule', optimizers.SCHEDULE_NAMES),
+])
+def test_choices_are_the_lists_of_the_modules_that_build_them(key,
+                                                              module_names):
+  config = config_lib.default_config()
+  section, name = key.split('.')
+  for value in module_names:
+    config[section][name] = value
+    config_lib.validate(config)
+  config[section][name] = 'nope'
+  with pytest.raises(config_lib.ConfigError) as error:
+    config_lib.validate(config)
+  assert str(error.value) == (
+      f"{key}='nope' is not one of: {', '.join(module_names)}")
+
+
+def test_every_model_name_builds():
+  config = config_lib.default_config()
+  for name in models.NAMES:
+    config.model.name = name
+    assert models.create_model(config.model).output_shape == (None, 10), name
 
 
 @pytest.mark.parametrize('replicas,steps_per_epoch,message', [

@@ -181,6 +181,8 @@ def test_vertex_spec_files_parse_and_hold_the_expected_fields():
     assert '--config.distribution.strategy=multi_worker_mirrored' in args
     assert args[-1] == '{{EXTRA_ARGS}}'
   assert pools[0] == pools[1] | {'replicaCount': 1}
+  # A restarted replica restarts them all, to resume from one checkpoint.
+  assert job['scheduling'] == {'restartJobOnWorkerRestart': True}
 
   with open(os.path.join(LAUNCH, 'vertex_hptune.yaml')) as f:
     tune = yaml.safe_load(f)

@@ -43,3 +43,14 @@ def test_cosine_warms_up_then_decays_to_zero_at_the_last_step():
   assert float(schedule(50)) == pytest.approx(0.02)  # The peak.
   assert float(schedule(175)) == pytest.approx(0.01, rel=1e-5)  # Half-way.
   assert float(schedule(300)) == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize('name', optimizers.NAMES)
+def test_every_optimizer_name_builds_its_class(name):
+  config = config_lib.default_config()
+  config.optimizer.name = name
+  optimizer = optimizers.create_optimizer(
+      config.optimizer, steps_per_epoch=100, epochs=10, precision='float32',
+      skip_nonfinite=False)
+  assert isinstance(optimizer, optimizers.OPTIMIZERS[name])
+  assert float(optimizer.learning_rate) == pytest.approx(0.01)

@@ -1,6 +1,7 @@
 """Strategy choice and device-dependent defaults, TPU's included, on a CPU."""
 
 import pytest
+import tensorflow as tf
 
 from helpers import run_main
 from mnist_dist import config as config_lib
@@ -33,6 +34,13 @@ def test_short_epochs_bound_the_auto_loop():
   settings = strategy_lib.device_settings(
       config_lib.default_config().train, device_kind='CPU', steps_per_epoch=30)
   assert settings.steps_per_loop == 30
+
+
+def test_every_strategy_name_but_auto_has_a_factory():
+  assert strategy_lib.NAMES[0] == 'auto'
+  assert set(strategy_lib.NAMES[1:]) == set(strategy_lib.FACTORIES)
+  one_device = strategy_lib.FACTORIES['one_device'](None, 'local', False)
+  assert isinstance(one_device, tf.distribute.OneDeviceStrategy)
 
 
 def test_tpu_where_there_is_none_fails_at_once(tmp_path):
