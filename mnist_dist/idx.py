@@ -13,6 +13,8 @@ import struct
 import numpy as np
 import tensorflow as tf
 
+from mnist_dist import paths
+
 IMAGES_MAGIC = 2051  # 0x00000803: uint8, 3 dimensions.
 LABELS_MAGIC = 2049  # 0x00000801: uint8, 1 dimension.
 FILES = {
@@ -76,9 +78,11 @@ def load_split(folder: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   """Returns (images uint8 [N, 28, 28], labels uint8 [N]) of 'train'/'test'."""
   try:
     is_folder = tf.io.gfile.isdir(folder)
-  except tf.errors.OpError as e:  # gs:// without credentials, for one.
-    raise DataError(
-        f'{folder}: cannot access ({e.message.splitlines()[0]})') from e
+    if not is_folder and paths.is_remote(folder):
+      tf.io.gfile.stat(folder)  # isdir says False where it cannot look.
+  except tf.errors.OpError as e:  # gs:// unreachable or denied, for one.
+    raise DataError(f'{folder}: cannot use it (data.dir): '
+                    f'{paths.cause(e)}') from e
   if not is_folder:
     raise DataError(f'{folder}: no such folder (data.dir)')
   images_name, labels_name = FILES[split]

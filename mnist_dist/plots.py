@@ -45,11 +45,11 @@ TRAIN, TEST = 'tab:blue', 'tab:orange'
 
 
 def _save(figure: Figure, path: str) -> None:
-  # Through a buffer, so that the path may be on gs:// too.
+  # Through a buffer, so that the path may be on gs:// too; whole or not at
+  # all, so that `missing` can trust what it finds.
   buffer = io.BytesIO()
   figure.savefig(buffer, format='png')
-  with tf.io.gfile.GFile(path, 'wb') as f:
-    f.write(buffer.getvalue())
+  workdir_lib.write_atomically(path, buffer.getvalue())
 
 
 def plot_training_curves(records: list[dict], path: str, *,
@@ -222,6 +222,19 @@ def plot_confusion_matrix(labels: np.ndarray, classes: np.ndarray, path: str,
            f'right ({np.trace(counts) / len(labels):.2%})')
   _save(figure, path)
   return counts
+
+
+def missing(workdir: str) -> bool:
+  """True if make_all has not yet run to its end on WORKDIR's files.
+
+  Its first plot needs only the metrics, its last (the confusion matrix)
+  the export too.
+  """
+  plots_dir = workdir_lib.path(workdir, workdir_lib.PLOTS)
+  last = ('confusion_matrix.png'
+          if tf.io.gfile.exists(workdir_lib.path(workdir, workdir_lib.EXPORT))
+          else 'training_curves.png')
+  return not tf.io.gfile.exists(os.path.join(plots_dir, last))
 
 
 def make_all(workdir: str, *, dpi: int = DPI) -> list[str]:

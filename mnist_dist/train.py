@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import functools
 import math
+import os
 import tempfile
 import time
 from typing import Callable
@@ -47,13 +48,14 @@ from mnist_dist import workdir as workdir_lib
 
 
 class NonFiniteLossError(RuntimeError):
-  """The loss became NaN or infinite; the last good checkpoint is kept."""
+  """The loss or weights became NaN or infinite; the last good checkpoint is kept."""
 
-  def __init__(self, step: int):
+  def __init__(self, step: int, what: str = 'loss'):
     super().__init__(
-        f'the loss is not finite at step {step}; stopped, keeping the last '
-        'good checkpoint (a lower optimizer.learning_rate may help, or '
-        'train.on_nonfinite_loss=skip to skip such steps)')
+        f'the {what} {"is" if what == "loss" else "are"} not finite at step '
+        f'{step}; stopped, keeping the last good checkpoint (a lower '
+        'optimizer.learning_rate may help, or train.on_nonfinite_loss=skip to '
+        'skip such steps)')
     self.step = step
 
 
@@ -132,24 +134,29 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
     evaluation records of this process.
 
   Raises:
-    ConfigError, DataError: before training, for input that cannot run.
-    NonFiniteLossError: the loss became NaN or infinite.
+    ConfigError, DataError: before training, for input that cannot run, or
+      a workdir that cannot be used or is in use.
+    NonFiniteLossError: the loss or the weights became NaN or infinite.
     interrupts.Interrupted: SIGTERM or SIGINT to this or another worker; a
       checkpoint was saved.
     cluster.WorkerLost: another worker of the cluster is gone.
   """
-  run = build_run(config, workdir)
-  state = resume(run)
-  with (contextlib.closing(run.progress),
-        interrupts.SignalWatch() as signals,
-        cluster.peer_failures(run.strategy, step_of=lambda: state.step,
-                              checkpoint_dir=run.checkpointer.directory)):
-    while not state.finished:
-      train_epoch(run, state, signals)
-      record = evaluate(run, state, signals)
-      publish(run, state, record)
-      end_epoch(run, state, signals)
-  finish(run, state)
+  config_lib.validate(config)
+  workdir_lib.check_usable(workdir)
+  strategy = strategy_lib.create_strategy(config.distribution)
+  with workdir_lib.Lock(workdir, enabled=strategy_lib.is_chief(strategy)):
+    run = build_run(config, workdir)
+    state = resume(run)
+    with (contextlib.closing(run.progress),
+          interrupts.SignalWatch() as signals,
+          cluster.peer_failures(run.strategy, step_of=lambda: state.step,
+                                checkpoint_dir=run.checkpointer.directory)):
+      while not state.finished:
+        train_epoch(run, state, signals)
+        record = evaluate(run, state, signals)
+        publish(run, state, record)
+        end_epoch(run, state, signals)
+    finish(run, state)
   return TrainResult(model=run.trained.model, metrics=state.records)
 
 
@@ -233,6 +240,11 @@ def build_run(config, workdir: str) -> Run:
       optimizer=getattr(trained.optimizer, 'inner_optimizer',
                         trained.optimizer),
       step=step, epoch_totals=epoch_totals, topology=saved_topology,
+      # Dynamic loss scaling's state (train.precision, which decides it, is
+      # run-defining): the scale and the steps since it last grew.
+      **({'loss_scale': [trained.optimizer.dynamic_scale,
+                         trained.optimizer.step_counter]}
+         if settings.precision == 'mixed_float16' else {}),
       **({'weight_average': [*trained.average.averages,
                              trained.average.updates]}
          if trained.average else {}))
@@ -306,7 +318,20 @@ def _learning_rate(run: Run) -> float:
       max(int(run.trained.optimizer.iterations.numpy()) - 1, 0)))
 
 
+def _finite(variables) -> bool:
+  return all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in variables
+             if tf.as_dtype(v.dtype).is_floating)
+
+
 def _save(run: Run, state: TrainState) -> None:
+  """Checkpoints the state at state.step, if its weights are all finite.
+
+  A step whose loss was finite can still leave non-finite weights (an update
+  that overflowed): such a state is never saved, so the newest checkpoint
+  is always one that can continue.
+  """
+  if not _finite(run.trained.model.variables):
+    raise NonFiniteLossError(state.step, what='weights')
   run.saved_topology.assign([run.topology.workers, run.topology.replicas])
   run.checkpointer.save(state.step)
   state.last_saved = state.step
@@ -435,24 +460,42 @@ def end_epoch(run: Run, state: TrainState, signals) -> None:
 
 
 def _export(run: Run) -> None:
-  """Every worker exports, as with checkpoints; only the chief's is kept."""
-  directory = (workdir_lib.path(run.workdir, workdir_lib.EXPORT) if run.chief
-               else tempfile.mkdtemp())
-  export.export_saved_model(run.trained.model, directory)
-  if run.chief:
-    logging.info('Exported the model to %s', directory)
-  else:
+  """Every worker exports, as with checkpoints; only the chief's is kept.
+
+  The chief's goes to a temporary folder first, renamed into place when
+  complete, so WORKDIR/export is never half-written.
+  """
+  if not run.chief:
+    directory = tempfile.mkdtemp()
+    export.export_saved_model(run.trained.model, directory)
     tf.io.gfile.rmtree(directory)
+    return
+  final = workdir_lib.path(run.workdir, workdir_lib.EXPORT)
+  staging = f'{final}.tmp-{os.getpid()}'
+  export.export_saved_model(run.trained.model, staging)
+  if tf.io.gfile.exists(final):
+    tf.io.gfile.rmtree(final)
+  tf.io.gfile.rename(staging, final)
+  logging.info('Exported the model to %s', final)
 
 
 def finish(run: Run, state: TrainState) -> None:
-  """Closes the summaries; exports and plots if this process trained."""
+  """Closes the summaries, then exports and plots what is new or missing.
+
+  Idempotent: a run whose training is complete but whose export or plots are
+  missing (a stop during them) makes them at its next start, untrained.
+  """
   run.board.close()
   if run.trained.average:
     run.trained.average.keep()  # From here on the model is the evaluated one.
-  if state.records and run.config.outputs.saved_model:
+  # Every worker decides alike (the export is collective): from the chief's
+  # workdir, which all of them read.
+  if run.config.outputs.saved_model and (
+      state.records or not tf.io.gfile.exists(
+          workdir_lib.path(run.workdir, workdir_lib.EXPORT))):
     _export(run)
-  if state.records and run.chief and run.config.outputs.plots:
+  if run.chief and run.config.outputs.plots and (
+      state.records or plots.missing(run.workdir)):
     written = plots.make_all(run.workdir)
     logging.info('Wrote %d plots to %s', len(written),
                  workdir_lib.path(run.workdir, workdir_lib.PLOTS))

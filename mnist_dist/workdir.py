@@ -8,17 +8,26 @@
     export/         the SavedModel, at the end (`export`)
     plots/          PNG plots, at the end (`plots`)
 
+    lock            who is training in this workdir now (the chief only)
+
 A workdir may be local or on gs://; starting again with the same workdir
 resumes its run, which config.json makes safe: a start with other
-run-defining values is refused.
+run-defining values is refused. Every file is written whole or not at all
+(`write_atomically`), and one trainer at a time holds the workdir (`Lock`).
 """
 
+import datetime
 import json
 import os
+import socket
+import threading
+import time
 
+from absl import logging
 import ml_collections
 import tensorflow as tf
 
+from mnist_dist import paths
 from mnist_dist.config import ConfigError
 
 CONFIG = 'config.json'
@@ -27,6 +36,7 @@ METRICS = 'metrics.jsonl'
 TENSORBOARD = 'tensorboard'
 EXPORT = 'export'
 PLOTS = 'plots'
+LOCK = 'lock'
 
 # Keys that change the variables, the step -> example mapping or the data: a
 # checkpoint made under other values cannot continue this run.
@@ -43,6 +53,36 @@ def path(workdir: str, name: str) -> str:
   return os.path.join(workdir, name)
 
 
+def write_atomically(path: str, data: str | bytes) -> None:
+  """Writes path whole or not at all, whatever stops the process meanwhile.
+
+  Locally: a temporary file in the same folder, flushed to disk, renamed over
+  path (a rename within a file system is atomic). On an object store (gs://)
+  an object appears only once its upload is complete, so it is written
+  directly.
+  """
+  mode = 'wb' if isinstance(data, bytes) else 'w'
+  if paths.is_remote(path):
+    with tf.io.gfile.GFile(path, mode) as f:
+      f.write(data)
+    return
+  temporary = f'{path}.tmp-{os.getpid()}'
+  with open(temporary, mode) as f:
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(temporary, path)
+
+
+def check_usable(workdir: str) -> None:
+  """Creates workdir, or raises ConfigError saying why it cannot be used."""
+  try:
+    tf.io.gfile.makedirs(workdir)
+  except tf.errors.OpError as e:
+    raise ConfigError(f'--workdir={workdir}: cannot use it: '
+                      f'{paths.cause(e)}') from e
+
+
 def _lookup(config_dict: dict, dotted: str):
   for part in dotted.split('.'):
     config_dict = config_dict.get(part, {}) if isinstance(config_dict,
@@ -52,7 +92,13 @@ def _lookup(config_dict: dict, dotted: str):
 
 def _read_json(workdir: str) -> dict:
   with tf.io.gfile.GFile(path(workdir, CONFIG)) as f:
-    return json.load(f)
+    text = f.read()
+  try:
+    return json.loads(text)
+  except json.JSONDecodeError as e:
+    raise ConfigError(
+        f'{path(workdir, CONFIG)} is damaged ({e}); it records the run in '
+        'this workdir: restore it, or use a new --workdir') from e
 
 
 def check_and_record_config(config, workdir: str, *, write: bool) -> None:
@@ -74,8 +120,7 @@ def check_and_record_config(config, workdir: str, *, write: bool) -> None:
           '): use a new --workdir, or the same values to resume it')
   if write:
     tf.io.gfile.makedirs(workdir)
-    with tf.io.gfile.GFile(path(workdir, CONFIG), 'w') as f:
-      f.write(config.to_json(indent=2))
+    write_atomically(path(workdir, CONFIG), config.to_json(indent=2))
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -84,3 +129,98 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     raise FileNotFoundError(
         f'{path(workdir, CONFIG)}: no such file; is {workdir} a workdir?')
   return ml_collections.ConfigDict(_read_json(workdir))
+
+
+class Lock:
+  """WORKDIR/lock: the one trainer writing to a workdir.
+
+  A context: entering takes the lock or raises ConfigError naming its holder
+  (host, pid, start time); leaving releases it. The holder renews it every
+  RENEW_S; a lock is stale, and taken over with a warning, when its holder's
+  process is gone from this host, or when it has not been renewed for
+  STALE_S (a holder on another machine, or one whose machine is gone).
+  Multi-worker runs share their workdir: only the chief takes the lock.
+
+  Locally the lock file is created exclusively, so two trainers cannot both
+  take it; on gs:// there is no exclusive create through tf.io.gfile, so two
+  starts within a second of each other could both succeed.
+  """
+
+  RENEW_S = 30
+  STALE_S = 120
+
+  def __init__(self, workdir: str, *, enabled: bool = True):
+    self._path = path(workdir, LOCK)
+    self._enabled = enabled
+    self._stop = threading.Event()
+    self._renewer = threading.Thread(target=self._renew, daemon=True)
+    self._holder = {'host': socket.gethostname(), 'pid': os.getpid(),
+                    'started': datetime.datetime.now().astimezone().isoformat(
+                        timespec='seconds')}
+
+  def _write(self, *, exclusive: bool) -> None:
+    text = json.dumps({**self._holder, 'renewed': time.time()})
+    if exclusive and not paths.is_remote(self._path):
+      with open(self._path, 'x') as f:  # Fails if another took it first.
+        f.write(text)
+    else:
+      write_atomically(self._path, text)
+
+  def _read(self) -> dict | None:
+    try:
+      with tf.io.gfile.GFile(self._path) as f:
+        return json.loads(f.read())
+    except tf.errors.NotFoundError:
+      return None
+    except json.JSONDecodeError:
+      return {}  # Torn by a crash while writing: nobody holds it.
+
+  def _stale_because(self, holder: dict) -> str | None:
+    if not holder:
+      return 'it is unreadable'
+    if holder.get('host') == self._holder['host']:
+      try:
+        os.kill(holder['pid'], 0)
+      except ProcessLookupError:
+        return f'its process {holder["pid"]} no longer exists'
+      except PermissionError:
+        pass  # Alive, another user's.
+    if time.time() - holder.get('renewed', 0) > self.STALE_S:
+      return f'it was last renewed over {self.STALE_S} s ago'
+    return None
+
+  def __enter__(self):
+    if not self._enabled:
+      return self
+    holder = self._read()
+    if holder is not None:
+      reason = self._stale_because(holder)
+      if reason is None:
+        raise ConfigError(
+            f'{os.path.dirname(self._path)} is in use by pid '
+            f'{holder["pid"]} on {holder["host"]} since {holder["started"]} '
+            f'({self._path}); wait for it to end, or use another --workdir')
+      logging.warning('Taking over %s from pid %s on %s: %s.', self._path,
+                      holder.get('pid'), holder.get('host'), reason)
+      tf.io.gfile.remove(self._path)
+    try:
+      self._write(exclusive=True)
+    except FileExistsError:
+      raise ConfigError(f'{os.path.dirname(self._path)} was just taken by '
+                        f'another trainer ({self._path})') from None
+    self._renewer.start()
+    return self
+
+  def _renew(self):
+    while not self._stop.wait(self.RENEW_S):
+      self._write(exclusive=False)
+
+  def __exit__(self, *exc_info):
+    if not self._enabled:
+      return
+    self._stop.set()
+    self._renewer.join()
+    holder = self._read() or {}
+    if (holder.get('pid'), holder.get('host')) == (self._holder['pid'],
+                                                   self._holder['host']):
+      tf.io.gfile.remove(self._path)
