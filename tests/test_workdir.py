@@ -1,0 +1,204 @@
+"""The workdir: written whole, held by one trainer, finished idempotently."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from helpers import ROOT
+from helpers import checkpoint_variables
+from helpers import run_main
+from helpers import small_config
+from mnist_dist import config as config_lib
+from mnist_dist import steps
+from mnist_dist import train
+from mnist_dist import workdir as workdir_lib
+
+_SMALL = ('--config=configs/dense.py', '--config.data.source=synthetic',
+          '--config.data.synthetic_train_examples=1024',
+          '--config.data.synthetic_eval_examples=1000',
+          '--config.train.epochs=1', '--config.train.steps_per_loop=4',
+          '--config.outputs.tensorboard=False',
+          '--config.outputs.saved_model=False', '--config.outputs.plots=False')
+
+
+def _dense(**overrides):
+  return small_config({'model.name': 'dense', **overrides})
+
+
+def _one_line_error(process, expected):
+  assert process.returncode == 2, process.stderr[-2000:]
+  assert 'Traceback' not in process.stderr
+  (line,) = [l for l in process.stderr.splitlines() if l.startswith('error:')]
+  assert expected in line, line
+  return line
+
+
+def test_a_damaged_config_json_is_one_line_and_exit_2(tmp_path):
+  train.train_and_evaluate(_dense(), str(tmp_path))
+  path = tmp_path / workdir_lib.CONFIG
+  path.write_text(path.read_text()[:40])  # As a crash mid-write would.
+  process = run_main(f'--workdir={tmp_path}', *_SMALL)
+  _one_line_error(process, f'{path} is damaged')
+
+
+def test_config_json_is_replaced_whole(tmp_path, monkeypatch):
+  # A process stopped while writing leaves the old file, never a torn one.
+  workdir_lib.write_atomically(str(tmp_path / 'f'), 'old')
+
+  def crash(*args):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(os, 'replace', crash)
+  with pytest.raises(KeyboardInterrupt):
+    workdir_lib.write_atomically(str(tmp_path / 'f'), 'new')
+  assert (tmp_path / 'f').read_text() == 'old'
+
+
+def test_a_second_trainer_is_refused_while_the_first_holds_the_workdir(
+    tmp_path):
+  first = subprocess.Popen(
+      [sys.executable, '-m', 'mnist_dist.main', f'--workdir={tmp_path}',
+       *_SMALL, '--config.train.epochs=100'],
+      cwd=ROOT, stderr=subprocess.PIPE, text=True)
+  for line in first.stderr:
+    if 'step ' in line:
+      break
+  second = run_main(f'--workdir={tmp_path}', *_SMALL)
+  first.send_signal(signal.SIGTERM)
+  first.communicate(timeout=120)
+  line = _one_line_error(second, f'{tmp_path} is in use by pid {first.pid} '
+                                 f'on {socket.gethostname()} since ')
+  assert str(tmp_path / workdir_lib.LOCK) in line
+  # The first released it on its way out: the workdir can be resumed.
+  assert not (tmp_path / workdir_lib.LOCK).exists()
+  assert run_main(f'--workdir={tmp_path}', *_SMALL).returncode == 0
+
+
+def _write_lock(workdir, **holder):
+  workdir.mkdir(exist_ok=True)
+  (workdir / workdir_lib.LOCK).write_text(json.dumps(
+      {'host': socket.gethostname(), 'pid': os.getpid(),
+       'started': '2026-01-01T00:00:00+00:00', 'renewed': time.time(),
+       **holder}))
+
+
+def _dead_pid():
+  process = subprocess.Popen(['true'])
+  process.wait()
+  return process.pid
+
+
+@pytest.mark.parametrize('holder', [
+    {'pid': 'dead'},  # Its process is gone from this host.
+    {'host': 'another-machine', 'renewed': 0.0},  # Not renewed for long.
+], ids=['dead-process', 'not-renewed'])
+def test_a_stale_lock_is_taken_over(tmp_path, holder, caplog):
+  _write_lock(tmp_path, **{k: _dead_pid() if v == 'dead' else v
+                           for k, v in holder.items()})
+  caplog.set_level('WARNING')
+  assert train.train_and_evaluate(_dense(), str(tmp_path)).metrics
+  assert 'Taking over' in caplog.text
+  assert not (tmp_path / workdir_lib.LOCK).exists()
+
+
+def test_a_live_lock_of_another_machine_is_respected(tmp_path):
+  _write_lock(tmp_path, host='another-machine', pid=1)
+  with pytest.raises(config_lib.ConfigError,
+                     match='is in use by pid 1 on another-machine'):
+    train.train_and_evaluate(_dense(), str(tmp_path))
+  assert (tmp_path / workdir_lib.LOCK).exists()  # Not ours to remove.
+
+
+def test_a_finished_run_makes_a_missing_export_and_plots_untrained(tmp_path):
+  config = _dense(**{'outputs.saved_model': True, 'outputs.plots': True})
+  train.train_and_evaluate(config, str(tmp_path))
+  with open(tmp_path / 'metrics.jsonl') as f:
+    metrics = f.read()
+  expected_plots = sorted(os.listdir(tmp_path / 'plots'))
+  tf.io.gfile.rmtree(str(tmp_path / 'export'))  # As a kill during the export.
+  (tmp_path / 'plots' / 'confusion_matrix.png').unlink()
+  again = train.train_and_evaluate(config, str(tmp_path))
+  assert again.metrics == []  # Nothing trained.
+  with open(tmp_path / 'metrics.jsonl') as f:
+    assert f.read() == metrics
+  assert (tmp_path / 'export' / 'saved_model.pb').exists()
+  assert sorted(os.listdir(tmp_path / 'plots')) == expected_plots
+  assert not [name for name in os.listdir(tmp_path) if '.tmp-' in name]
+
+
+def test_weights_that_blew_up_are_never_checkpointed(tmp_path, monkeypatch):
+  # An update that overflows leaves infinite weights after a step whose loss
+  # was finite: the loop reports nothing wrong, and the checkpoint due right
+  # after it must not be saved. The overflow is simulated by the loop below
+  # (the real loop, then one weight set to infinity at its last step), since
+  # whether real gradients overflow depends on the data.
+  train.train_and_evaluate(_dense(**{'optimizer.name': 'sgd'}), str(tmp_path))
+  make_train_loop = steps.make_train_loop
+
+  def blowing_up(*, model, **kwargs):
+    loop = make_train_loop(model=model, **kwargs)
+
+    def blown_up_loop(iterator, num_steps):
+      totals = loop(iterator, num_steps)
+      model.trainable_variables[0].assign(
+          tf.fill(model.trainable_variables[0].shape, np.inf))
+      return totals
+    return blown_up_loop
+
+  monkeypatch.setattr(steps, 'make_train_loop', blowing_up)
+  with pytest.raises(train.NonFiniteLossError,
+                     match='weights are not finite at step 17'):
+    train.train_and_evaluate(_dense(**{
+        'optimizer.name': 'sgd', 'train.epochs': 2,
+        'train.steps_per_loop': 1, 'checkpoint.every_steps': 1}),
+                             str(tmp_path))
+  latest = tf.train.latest_checkpoint(str(tmp_path / 'checkpoints'))
+  assert latest.endswith('ckpt-16')
+  assert all(np.isfinite(value).all()
+             for value in checkpoint_variables(tmp_path).values())
+
+
+def _loss_scale(workdir):
+  reader = tf.train.load_checkpoint(os.path.join(workdir, 'checkpoints'))
+  return {name: reader.get_tensor(name)
+          for name in reader.get_variable_to_shape_map()
+          if name.startswith('loss_scale/')}
+
+
+def test_a_mixed_float16_run_resumes_with_its_loss_scale(tmp_path):
+  config = {'train.precision': 'mixed_float16', 'train.epochs': 2}
+  straight = train.train_and_evaluate(_dense(**config), str(tmp_path / 'a'))
+  train.train_and_evaluate(_dense(**{**config, 'train.epochs': 1}),
+                           str(tmp_path / 'b'))
+  resumed = train.train_and_evaluate(_dense(**config), str(tmp_path / 'b'))
+  for w1, w2 in zip(straight.model.get_weights(), resumed.model.get_weights(),
+                    strict=True):
+    np.testing.assert_array_equal(w1, w2)
+  scale = _loss_scale(tmp_path / 'a')
+  assert scale and scale.keys() == _loss_scale(tmp_path / 'b').keys()
+  for name, value in scale.items():
+    np.testing.assert_array_equal(_loss_scale(tmp_path / 'b')[name], value)
+
+
+@pytest.mark.parametrize('flag, expected', [
+    ('--workdir=gs://mnist-dist-no-such-bucket/run',
+     '--workdir=gs://mnist-dist-no-such-bucket/run: cannot use it: '),
+    ('--config.data.dir=gs://mnist-dist-no-such-bucket/mnist',
+     'gs://mnist-dist-no-such-bucket/mnist: cannot use it (data.dir): '),
+])
+def test_an_unusable_remote_path_is_one_line_with_its_cause(tmp_path, flag,
+                                                            expected):
+  args = [f'--workdir={tmp_path}', *_SMALL, '--config.data.source=auto', flag]
+  line = _one_line_error(run_main(*args), expected)
+  # Here, without network access, the cause is the network; elsewhere it may
+  # be credentials or a missing bucket, but always one of these.
+  assert line.split(': ')[-1] in (
+      'cannot reach the store (network or DNS)',
+      'access denied (credentials or permissions)', 'not found'), line
