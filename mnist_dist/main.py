@@ -9,10 +9,11 @@ from the workdir's latest checkpoint.
 
 Output, on stderr: the run's own lines (`06:44:42 step 500/9370 epoch 1/10 |
 loss 0.0980 ...`); on a terminal, a progress bar instead of a line per
-training loop. TensorFlow's own log lines (its C++ start-up notices, the INFO
-lines of its Python modules) are hidden, but not its Python warnings and
-errors; --tf_logs shows them all. TF_CPP_MIN_LOG_LEVEL, if set, decides which
-of TensorFlow's C++ lines show.
+training loop. Of TensorFlow's own log lines, only its Python warnings and
+errors and its C++ fatal errors show: not its C++ notices and errors (an
+error that stops a run reaches Python, and is said there), nor the INFO lines
+of its Python modules. --tf_logs shows them all; TF_CPP_MIN_LOG_LEVEL, if
+set, decides which C++ lines show.
 
 Exit codes: 0 done; 2 bad config or data (one line says what, before any
 training); 3 the loss became NaN or infinite (the last good checkpoint is
@@ -33,9 +34,9 @@ _TF_LOGS_FLAG = 'tf_logs'
 _CPP_LEVEL_VAR = 'TF_CPP_MIN_LOG_LEVEL'
 # TensorFlow's C++ log lines: `I0000 00:00:1795676159.673100  23720 port.cc:153]
 # oneDNN custom operations are on...`, and absl's notice before its first one.
-_CPP_LINE = re.compile(rb'([IWEF])\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\] ')
+_CPP_LINE = re.compile(rb'([IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] ')
 _CPP_SEVERITIES = b'IWEF'
-_CPP_NOTICE = b'WARNING: All log messages before absl::InitializeLog() is called'
+_CPP_NOTICE = b'WARNING: All log messages before absl::InitializeLog() is'
 
 
 def _tf_logs_asked(argv: list[str]) -> bool:
@@ -159,10 +160,11 @@ def _define_flags():
   flags.mark_flags_as_required(['workdir'])
   flags.DEFINE_bool(
       _TF_LOGS_FLAG, False,
-      "Also show TensorFlow's own log lines: its C++ notices and the INFO "
-      'lines of its Python modules (its Python warnings and errors always '
-      'show). TF_CPP_MIN_LOG_LEVEL, if set, decides the C++ lines; give the '
-      'flag on the command line, which is read before TensorFlow loads.')
+      "Also show TensorFlow's own log lines: its C++ notices and errors and "
+      'the INFO lines of its Python modules (its Python warnings and errors '
+      'always show). TF_CPP_MIN_LOG_LEVEL, if set, decides the C++ lines. '
+      'Give it on the command line (not in a --flagfile): it is read before '
+      'TensorFlow loads.')
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))

@@ -94,6 +94,18 @@ def _lines_above_the_bar(stream: TextIO):
         handler.setStream(stream)
 
 
+def _can_show_a_bar(stream: TextIO) -> bool:
+  """A TTY, but not one of size 0x0 (a pseudo-terminal opened without a
+  size, as by `script`), where tqdm draws nothing."""
+  if not (hasattr(stream, 'isatty') and stream.isatty()):
+    return False
+  try:
+    size = os.get_terminal_size(stream.fileno())
+  except (AttributeError, OSError, ValueError):
+    return True  # Not a file: tqdm draws at its default width.
+  return size.columns > 0 and size.lines > 0
+
+
 class Progress:
   """Where a run shows its progress.
 
@@ -110,8 +122,7 @@ class Progress:
     self._epochs = epochs
     self._enabled = enabled
     self._stream = sys.stderr if stream is None else stream
-    isatty = getattr(self._stream, 'isatty', None)
-    self._use_bar = enabled and bool(isatty and isatty())
+    self._use_bar = enabled and _can_show_a_bar(self._stream)
     self._bar = None
     self._shown = contextlib.ExitStack()  # Closes the bar, if one shows.
 
@@ -123,17 +134,19 @@ class Progress:
       logging.info(loop_line(metrics, total_steps=self._total_steps,
                              epochs=self._epochs))
       return
+    # At the step, not counted up from 0: a resumed run starts where it was.
+    epoch = f'epoch {metrics.epoch}/{self._epochs}'
     if self._bar is None:
       self._shown.enter_context(_lines_above_the_bar(self._stream))
       self._bar = self._shown.enter_context(tqdm.tqdm(
-          total=self._total_steps, file=self._stream, dynamic_ncols=True,
+          total=self._total_steps, initial=metrics.step, desc=epoch,
+          postfix=bar_fields(metrics), file=self._stream, dynamic_ncols=True,
           bar_format='{desc} {percentage:3.0f}%|{bar}| '
                      '{n_fmt}/{total_fmt}{postfix}'))
-    # The step, not an increment: a resumed run starts where it left off.
-    self._bar.n = metrics.step
-    self._bar.set_description_str(f'epoch {metrics.epoch}/{self._epochs}',
-                                  refresh=False)
-    self._bar.set_postfix_str(bar_fields(metrics))  # Draws the bar.
+    else:
+      self._bar.n = metrics.step
+      self._bar.set_description_str(epoch, refresh=False)
+      self._bar.set_postfix_str(bar_fields(metrics))  # Draws the bar.
 
   def message(self, text: str) -> None:
     """Any other line of the run's story (evaluations, checkpoints)."""

@@ -1,14 +1,27 @@
-"""The entry point as a user runs it: a real training run, and bad input."""
+"""The entry point as a user runs it: a real training run, what it prints,
+and bad input."""
 
+import fcntl
 import json
 import os
+import pty
+import re
+import select
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import time
 
 import numpy as np
 import pytest
 
+from helpers import ROOT
 from helpers import run_main
 from helpers import write_idx
 from mnist_dist import idx
+from mnist_dist import main
 
 
 @pytest.mark.slow
@@ -81,3 +94,141 @@ def test_bad_data_is_named_before_training(tmp_path, good_dir, file, array,
   last_line = process.stderr.strip().splitlines()[-1]
   assert last_line.startswith(f'error: {good_dir}/') and message in last_line
   assert not os.path.exists(tmp_path / 'run' / 'checkpoints')
+
+
+# 16 steps in loops of 8, an evaluation, a checkpoint and the export.
+_SMALL_RUN = ('--config=configs/dense.py', '--config.data.source=synthetic',
+              '--config.data.synthetic_train_examples=1024',
+              '--config.data.synthetic_eval_examples=500',
+              '--config.train.global_batch_size=64',
+              '--config.train.steps_per_loop=8', '--config.train.epochs=1',
+              '--config.outputs.plots=False',
+              '--config.outputs.tensorboard=False')
+_CPP_LINE = re.compile(r'^[IWEF]\d{4} \d\d:\d\d:[\d.]+ +\d+ \S+:\d+\] ', re.M)
+
+
+def _environment(**variables):
+  """This process's environment, without a TF_CPP_MIN_LOG_LEVEL of its own."""
+  env = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
+  return {**env, **variables}
+
+
+def _run(*args, **env) -> subprocess.CompletedProcess:
+  return subprocess.run(
+      [sys.executable, '-m', 'mnist_dist.main', *args], cwd=ROOT,
+      env=_environment(**env), capture_output=True, text=True, timeout=300,
+      check=False)
+
+
+def test_a_run_prints_its_own_lines_only(tmp_path):
+  process = _run(f'--workdir={tmp_path}', *_SMALL_RUN)
+  assert process.returncode == 0, process.stderr[-3000:]
+  lines = process.stderr.splitlines()
+  # No C++ notices, no INFO of TensorFlow's modules: every line is one of
+  # the run's own, after its time.
+  strays = [line for line in lines if not re.match(r'\d\d:\d\d:\d\d ', line)]
+  assert not strays, process.stderr
+  assert 'Sharding callback' not in process.stderr
+  loop_lines = [line for line in lines if 'examples/s' in line]
+  assert len(loop_lines) == 2, lines
+  assert loop_lines[0][9:].startswith('step 8/16 epoch 1/1 | loss ')
+  assert loop_lines[1][9:].startswith('step 16/16 epoch 1/1 | loss ')
+  assert any(line[9:].startswith('eval epoch 1: loss ') for line in lines)
+
+
+def test_tf_logs_shows_tensorflows_lines_too(tmp_path):
+  process = _run(f'--workdir={tmp_path}', *_SMALL_RUN, '--tf_logs')
+  assert process.returncode == 0, process.stderr[-3000:]
+  assert _CPP_LINE.search(process.stderr), process.stderr
+  assert re.search(r'\[functional_saver.py:\d+\] Sharding callback',
+                   process.stderr), process.stderr
+  assert process.stderr.count('Assets written to') == 1  # Not twice.
+  assert ' step 16/16 epoch 1/1 | loss ' in process.stderr
+
+
+def _run_on_a_terminal(*args, timeout=300) -> tuple[int, str]:
+  """Runs the entry point with stdout and stderr on a 120x40 terminal."""
+  leader, follower = pty.openpty()
+  fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack('HHHH', 40, 120, 0, 0))
+  process = subprocess.Popen(
+      [sys.executable, '-m', 'mnist_dist.main', *args], cwd=ROOT,
+      env=_environment(), stdin=subprocess.DEVNULL, stdout=follower,
+      stderr=follower)
+  os.close(follower)
+  output = b''
+  deadline = time.time() + timeout
+  try:
+    while time.time() < deadline:
+      if select.select([leader], [], [], 1)[0]:
+        try:
+          chunk = os.read(leader, 65536)
+        except OSError:  # EIO: no process has the terminal open any more.
+          break
+        if not chunk:
+          break
+        output += chunk
+  finally:
+    os.close(leader)
+    if process.poll() is None:
+      process.kill()
+  return process.wait(timeout=60), output.decode()
+
+
+def test_a_terminal_shows_a_progress_bar(tmp_path):
+  code, output = _run_on_a_terminal(f'--workdir={tmp_path}', *_SMALL_RUN)
+  assert code == 0, output[-3000:]
+  frames = re.findall(r'\r(epoch [^\r\n]*)', output)
+  assert frames, output
+  assert re.fullmatch(r'epoch 1/1 100%\|█+\| 16/16, loss \d\.\d{4}, '
+                      r'acc \d+\.\d\d%, [\d,]+ ex/s, ETA 0s *', frames[-1])
+  assert 'examples/s' not in output  # The bar, instead of a line per loop.
+  # Written above the bar, after tqdm cleared its line.
+  assert re.search(r'\r *\r\d\d:\d\d:\d\d eval epoch 1: ', output), output
+
+
+_NOTICE = ('WARNING: All log messages before absl::InitializeLog() is called '
+           'are written to STDERR')
+# A stand-in for TensorFlow: C++ lines as its libraries log them on loading,
+# the level it was given, then a fatal line and an abort.
+_FAKE_TENSORFLOW = r"""
+import os
+os.write(2, b'WARNING: All log messages before absl::InitializeLog() is '
+            b'called are written to STDERR\n')
+for severity in 'IWE':
+  os.write(2, f'{severity}0000 00:00:1795676159.673100   23720 port.cc:153] '
+              f'{severity} line\n'.encode())
+level = os.environ.get('TF_CPP_MIN_LOG_LEVEL')
+os.write(2, f'TF_CPP_MIN_LOG_LEVEL={level}\n'.encode())
+os.write(2, b'F0000 00:00:1795676159.9   23720 cpu_feature_guard.cc:9] F line')
+os.abort()
+"""
+
+
+@pytest.mark.parametrize('args,env,shown', [
+    ([], {}, ['TF_CPP_MIN_LOG_LEVEL=3', 'F line']),
+    (['--tf_logs'], {}, [_NOTICE, 'I line', 'W line', 'E line',
+                         'TF_CPP_MIN_LOG_LEVEL=None', 'F line']),
+    (['--tf_logs'], {'TF_CPP_MIN_LOG_LEVEL': '2'},
+     ['E line', 'TF_CPP_MIN_LOG_LEVEL=2', 'F line']),
+    ([], {'TF_CPP_MIN_LOG_LEVEL': '0'}, [_NOTICE, 'I line', 'W line', 'E line',
+                                         'TF_CPP_MIN_LOG_LEVEL=0', 'F line']),
+])
+def test_cpp_lines_as_tensorflow_loads(tmp_path, args, env, shown):
+  (tmp_path / 'tensorflow').mkdir()
+  (tmp_path / 'tensorflow' / '__init__.py').write_text(_FAKE_TENSORFLOW)
+  process = _run(f'--workdir={tmp_path / "run"}', *args,
+                 PYTHONPATH=str(tmp_path), **env)
+  # What loading says before it aborts shows, the line cut short too.
+  assert process.returncode == -signal.SIGABRT
+  assert [line.split('] ')[-1] for line in process.stderr.splitlines()] == (
+      shown)
+
+
+@pytest.mark.parametrize('argv,asked', [
+    ([], False), (['--tf_logs'], True), (['-tf_logs'], True),
+    (['--tf_logs=true'], True), (['--tf_logs=false'], False),
+    (['--tf_logs', '--notf_logs'], False), (['--workdir=tf_logs'], False),
+])
+def test_tf_logs_is_read_before_the_flags_are_parsed(argv, asked):
+  # pylint: disable-next=protected-access
+  assert main._tf_logs_asked(['main.py', *argv]) == asked
