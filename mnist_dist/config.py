@@ -14,10 +14,6 @@ settings no module builds by name, and data.source.
 
 import ml_collections
 
-# data.source. TODO: input_pipeline.py is to own this list, as models.py owns
-# its own (see `_choices`); until then it is kept here, in step with
-# input_pipeline._load_source.
-SOURCES = ('auto', 'idx', 'tfds', 'synthetic')
 PRECISIONS = ('auto', 'float32', 'mixed_bfloat16', 'mixed_float16')
 NONFINITE_LOSS = ('stop', 'skip')
 JIT_COMPILE = ('auto', 'on', 'off')
@@ -144,13 +140,14 @@ def _choices() -> dict[str, tuple[str, ...]]:
   (configs/*.py) needs no TensorFlow. So the module graph stays one-way, from
   the implementations to this module.
   """
+  from mnist_dist import input_pipeline
   from mnist_dist import models
   from mnist_dist import optimizers
   from mnist_dist import strategy
   return {
       'model.name': models.NAMES,
       'distribution.strategy': strategy.NAMES,
-      'data.source': SOURCES,
+      'data.source': input_pipeline.NAMES,
       'optimizer.name': optimizers.NAMES,
       'optimizer.schedule': optimizers.SCHEDULE_NAMES,
       'train.precision': PRECISIONS,

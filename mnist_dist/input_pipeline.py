@@ -82,20 +82,36 @@ def hold_out(train: Split, count: int) -> tuple[Split, Split]:
           Split(train.images[-count:], train.labels[-count:]))
 
 
+def _load_idx(data_config, *, seed: int) -> tuple[Split, Split]:
+  del seed
+  if not data_config.dir:
+    raise idx.DataError('data.source=idx needs --config.data.dir=FOLDER')
+  return (Split(*idx.load_split(data_config.dir, 'train')),
+          Split(*idx.load_split(data_config.dir, 'test')))
+
+
+def _load_tfds_splits(data_config, *, seed: int) -> tuple[Split, Split]:
+  del seed
+  return (_load_tfds('train', data_config.tfds_dir),
+          _load_tfds('test', data_config.tfds_dir))
+
+
+def _load_synthetic(data_config, *, seed: int) -> tuple[Split, Split]:
+  return (_synthetic(data_config.synthetic_train_examples, seed),
+          _synthetic(data_config.synthetic_eval_examples, seed + 1))
+
+
+# data.source -> its loader of the (train, test) splits.
+SOURCES = {'idx': _load_idx, 'tfds': _load_tfds_splits,
+           'synthetic': _load_synthetic}
+NAMES = ('auto', *SOURCES)
+
+
 def _load_source(data_config, *, seed: int) -> tuple[Split, Split]:
   source = data_config.source
   if source == 'auto':
     source = 'idx' if data_config.dir else 'tfds'
-  if source == 'idx':
-    if not data_config.dir:
-      raise idx.DataError('data.source=idx needs --config.data.dir=FOLDER')
-    return (Split(*idx.load_split(data_config.dir, 'train')),
-            Split(*idx.load_split(data_config.dir, 'test')))
-  if source == 'tfds':
-    return (_load_tfds('train', data_config.tfds_dir),
-            _load_tfds('test', data_config.tfds_dir))
-  return (_synthetic(data_config.synthetic_train_examples, seed),
-          _synthetic(data_config.synthetic_eval_examples, seed + 1))
+  return SOURCES[source](data_config, seed=seed)
 
 
 def _pipeline_slice(ctx: tf.distribute.InputContext, global_batch_size: int):

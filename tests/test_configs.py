@@ -5,6 +5,7 @@ import pytest
 
 from helpers import load_config
 from mnist_dist import config as config_lib
+from mnist_dist import input_pipeline
 from mnist_dist import models
 from mnist_dist import optimizers
 from mnist_dist import strategy as strategy_lib
@@ -92,6 +93,7 @@ def test_bad_values_are_refused_by_name(key, value, message):
     ('distribution.strategy', strategy_lib.NAMES),
     ('optimizer.name', optimizers.NAMES),
     ('optimizer.schedule', optimizers.SCHEDULE_NAMES),
+    ('data.source', input_pipeline.NAMES),
 ])
 def test_choices_are_the_lists_of_the_modules_that_build_them(key,
                                                               module_names):
