@@ -163,7 +163,8 @@ class MetricsWriter:
   """Writes one JSON object per evaluation to WORKDIR/metrics.jsonl.
 
   The file is rewritten whole on every record (it holds one line per epoch),
-  which works the same on local disks and on gs://, where appending does not.
+  which works the same on local disks and on gs://, where appending does not,
+  and atomically, so a stop while writing leaves the previous version.
   """
 
   def __init__(self, workdir: str, *, resume_step: int = 0):
@@ -175,17 +176,32 @@ class MetricsWriter:
 
   def write(self, record: dict) -> None:
     self.records.append(record)
-    with tf.io.gfile.GFile(self.path, 'w') as f:
-      f.write(''.join(json.dumps(r) + '\n' for r in self.records))
+    workdir_lib.write_atomically(
+        self.path, ''.join(json.dumps(r) + '\n' for r in self.records))
 
 
 def read_metrics(workdir: str) -> list[dict]:
-  """The records of WORKDIR/metrics.jsonl, oldest first ([] if none)."""
+  """The records of WORKDIR/metrics.jsonl, oldest first ([] if none).
+
+  The trainer writes the file whole, but another writer (an older version, a
+  copy cut short) may leave its last line torn: it is dropped with a warning,
+  and the record is made again by the epoch that resumes.
+  """
   path = workdir_lib.path(workdir, workdir_lib.METRICS)
   if not tf.io.gfile.exists(path):
     return []
   with tf.io.gfile.GFile(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = [line for line in f.read().splitlines() if line.strip()]
+  records = []
+  for number, line in enumerate(lines, start=1):
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:
+      if number < len(lines):
+        raise ValueError(f'{path}: line {number} is damaged') from None
+      logging.warning('%s: its last line is torn (%r); dropped.', path,
+                      line[:40])
+  return records
 
 
 def report_to_tuning_service(records: list[dict], *, metric: str) -> None:

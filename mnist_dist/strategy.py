@@ -77,7 +77,10 @@ def _make_strategy(name: str, *, devices: tuple[str, ...] | None, tpu: str,
   first and fails with "Shape mismatch in the collective instance" (a known
   TF issue); a TPU system and a multi-worker cluster are set up only once.
   """
-  return FACTORIES[name](devices, tpu, gpu)
+  strategy = FACTORIES[name](devices, tpu, gpu)
+  logging.info('Strategy: %s with %d replicas', type(strategy).__name__,
+               strategy.num_replicas_in_sync)
+  return strategy
 
 
 def create_strategy(distribution_config) -> tf.distribute.Strategy:
@@ -99,12 +102,8 @@ def create_strategy(distribution_config) -> tf.distribute.Strategy:
 
   devices = tuple(_logical_cpus(cpu_devices)) if (
       name == 'mirrored' and cpu_devices) else None
-  strategy = _make_strategy(name, devices=devices,
-                            tpu=distribution_config.tpu,
-                            gpu=bool(gpus))
-  logging.info('Strategy: %s with %d replicas', type(strategy).__name__,
-               strategy.num_replicas_in_sync)
-  return strategy
+  return _make_strategy(name, devices=devices, tpu=distribution_config.tpu,
+                        gpu=bool(gpus))
 
 
 def device_kind(strategy: tf.distribute.Strategy) -> str:

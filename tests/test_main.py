@@ -21,7 +21,7 @@ from helpers import ROOT
 from helpers import run_main
 from helpers import write_idx
 from mnist_dist import idx
-from mnist_dist import main
+from mnist_dist import console
 
 
 @pytest.mark.slow
@@ -231,4 +231,4 @@ def test_cpp_lines_as_tensorflow_loads(tmp_path, args, env, shown):
 ])
 def test_tf_logs_is_read_before_the_flags_are_parsed(argv, asked):
   # pylint: disable-next=protected-access
-  assert main._tf_logs_asked(['main.py', *argv]) == asked
+  assert console._tf_logs_asked(['main.py', *argv]) == asked

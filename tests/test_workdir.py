@@ -202,3 +202,21 @@ def test_an_unusable_remote_path_is_one_line_with_its_cause(tmp_path, flag,
   assert line.split(': ')[-1] in (
       'cannot reach the store (network or DNS)',
       'access denied (credentials or permissions)', 'not found'), line
+
+
+def test_a_torn_last_metrics_line_is_dropped_and_made_again(tmp_path, caplog):
+  train.train_and_evaluate(_dense(**{'train.epochs': 2}), str(tmp_path))
+  path = tmp_path / workdir_lib.METRICS
+  complete = path.read_text()
+  first, second = complete.splitlines(keepends=True)
+  path.write_text(first + second[:30])  # As a writer stopped mid-line leaves.
+  # The epoch of the torn record is trained again, from its checkpoint.
+  caplog.set_level('WARNING')
+  tf.io.gfile.remove(tf.train.latest_checkpoint(
+      str(tmp_path / 'checkpoints')) + '.index')
+  result = train.train_and_evaluate(_dense(**{'train.epochs': 2}),
+                                    str(tmp_path))
+  assert 'its last line is torn' in caplog.text
+  assert [r['epoch'] for r in result.metrics] == [2]
+  records = [json.loads(line) for line in path.read_text().splitlines()]
+  assert [r['epoch'] for r in records] == [1, 2]
