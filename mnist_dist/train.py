@@ -1,4 +1,4 @@
-"""The controller: builds a run, then alternates training epochs and evaluations.
+"""The controller: builds a run, then alternates training epochs and evals.
 
 `train_and_evaluate` reads as a run goes:
 
@@ -48,7 +48,7 @@ from mnist_dist import workdir as workdir_lib
 
 
 class NonFiniteLossError(RuntimeError):
-  """The loss or weights became NaN or infinite; the last good checkpoint is kept."""
+  """The loss or weights became NaN or infinite; the last good one is kept."""
 
   def __init__(self, step: int, what: str = 'loss'):
     super().__init__(
@@ -79,6 +79,22 @@ class Model:
 
 
 @dataclasses.dataclass
+class Counters:
+  """Checkpointed with the model: where the run is."""
+  # Steps taken (skipped ones included: they consume their batch too).
+  step: tf.Variable = dataclasses.field(default_factory=lambda: tf.Variable(
+      0, dtype=tf.int64, trainable=False))
+  # The current epoch's steps.Totals so far.
+  epoch_totals: tf.Variable = dataclasses.field(
+      default_factory=lambda: tf.Variable(
+          tf.zeros([len(steps.Totals._fields)], tf.float64), trainable=False))
+  # [workers, replicas] of the run that saved the checkpoint.
+  topology: tf.Variable = dataclasses.field(
+      default_factory=lambda: tf.Variable([0, 0], dtype=tf.int64,
+                                          trainable=False))
+
+
+@dataclasses.dataclass
 class Run:
   """What `build_run` makes once; the steps below read it."""
   config: ml_collections.ConfigDict
@@ -97,12 +113,7 @@ class Run:
   evaluators: dict[str, Callable[[interrupts.SignalWatch], steps.Totals]]
   stop_vote: cluster.StopVote
   checkpointer: checkpoints.Checkpointer
-  # Checkpointed with the model: steps taken (skipped ones included: they
-  # consume their batch too), the current epoch's Totals so far, and the
-  # topology that saved them.
-  step: tf.Variable
-  epoch_totals: tf.Variable
-  saved_topology: tf.Variable
+  counters: 'Counters'
   board: summaries.Summaries
   progress: reporting.Progress
 
@@ -205,6 +216,30 @@ def _evaluator(strategy, trained: Model, split, *, eval_batch: int):
   return evaluate_split
 
 
+def _checkpointer(config, workdir: str, *, chief: bool, trained: Model,
+                  settings, counters: Counters) -> checkpoints.Checkpointer:
+  """Checkpoints of everything the next step depends on."""
+  optimizer = trained.optimizer
+  return checkpoints.Checkpointer(
+      workdir=workdir, keep=config.checkpoint.keep, is_chief=chief,
+      # tf.train.Checkpoint does not see into a Keras 3 model: list its
+      # variables (batch-norm statistics and dropout's seed state included),
+      # by position, since layer names change with what else the process built.
+      model=[variable.value for variable in trained.model.variables],
+      # The inner optimizer of a LossScaleOptimizer: switching
+      # train.on_nonfinite_loss between runs must not orphan its state.
+      optimizer=getattr(optimizer, 'inner_optimizer', optimizer),
+      step=counters.step, epoch_totals=counters.epoch_totals,
+      topology=counters.topology,
+      # Dynamic loss scaling's state (train.precision, which decides it, is
+      # run-defining): the scale and the steps since it last grew.
+      **({'loss_scale': [optimizer.dynamic_scale, optimizer.step_counter]}
+         if settings.precision == 'mixed_float16' else {}),
+      **({'weight_average': [*trained.average.averages,
+                             trained.average.updates]}
+         if trained.average else {}))
+
+
 def build_run(config, workdir: str) -> Run:
   """Checks the config, then builds everything a run needs, in order."""
   started = time.time()
@@ -225,29 +260,9 @@ def build_run(config, workdir: str) -> Run:
   workdir_lib.check_and_record_config(config, workdir, write=chief)
   trained = build_model(config, strategy=strategy, settings=settings,
                         steps_per_epoch=steps_per_epoch)
-  step = tf.Variable(0, dtype=tf.int64, trainable=False)
-  epoch_totals = tf.Variable(tf.zeros([len(steps.Totals._fields)], tf.float64),
-                             trainable=False)
-  saved_topology = tf.Variable([0, 0], dtype=tf.int64, trainable=False)
-  checkpointer = checkpoints.Checkpointer(
-      workdir=workdir, keep=config.checkpoint.keep, is_chief=chief,
-      # tf.train.Checkpoint does not see into a Keras 3 model: list its
-      # variables (batch-norm statistics and dropout's seed state included),
-      # by position, since layer names change with what else the process built.
-      model=[variable.value for variable in trained.model.variables],
-      # The inner optimizer of a LossScaleOptimizer: switching
-      # train.on_nonfinite_loss between runs must not orphan its state.
-      optimizer=getattr(trained.optimizer, 'inner_optimizer',
-                        trained.optimizer),
-      step=step, epoch_totals=epoch_totals, topology=saved_topology,
-      # Dynamic loss scaling's state (train.precision, which decides it, is
-      # run-defining): the scale and the steps since it last grew.
-      **({'loss_scale': [trained.optimizer.dynamic_scale,
-                         trained.optimizer.step_counter]}
-         if settings.precision == 'mixed_float16' else {}),
-      **({'weight_average': [*trained.average.averages,
-                             trained.average.updates]}
-         if trained.average else {}))
+  counters = Counters()
+  checkpointer = _checkpointer(config, workdir, chief=chief, trained=trained,
+                               settings=settings, counters=counters)
   replicas = topology.replicas
   eval_batch = math.ceil(config.train.eval_batch_size / replicas) * replicas
   logging.info('%s: %s on %s, global batch %d, %d steps per epoch in loops '
@@ -277,8 +292,7 @@ def build_run(config, workdir: str) -> Run:
                                    eval_batch=eval_batch)
                   for name in ('eval', 'test')},
       stop_vote=cluster.StopVote(strategy), checkpointer=checkpointer,
-      step=step, epoch_totals=epoch_totals, saved_topology=saved_topology,
-      board=board, progress=reporting.Progress(
+      counters=counters, board=board, progress=reporting.Progress(
           total_steps=config.train.epochs * steps_per_epoch,
           epochs=config.train.epochs, enabled=chief))
 
@@ -286,11 +300,12 @@ def build_run(config, workdir: str) -> Run:
 def resume(run: Run) -> TrainState:
   """Restores the latest checkpoint, if any, and starts the input there."""
   restored = run.checkpointer.restore_latest()
-  step = int(run.step.numpy())
+  step = int(run.counters.step.numpy())
   if restored:
-    logging.info('Resuming from %s at step %d (epoch %d).', restored, step,
-                 step // run.steps_per_epoch + 1)
-    workers, replicas = (int(n) for n in run.saved_topology.numpy())
+    logging.info('Resuming from %s at step %d (%s).', restored, step,
+                 f'epoch {step // run.steps_per_epoch + 1}'
+                 if step < run.total_steps else 'trained: finishing')
+    workers, replicas = (int(n) for n in run.counters.topology.numpy())
     saved = cluster.Topology(workers=workers, replicas=replicas)
     if saved != run.topology:
       # Safe: the examples of global batch k depend on (seed, k) only.
@@ -332,7 +347,7 @@ def _save(run: Run, state: TrainState) -> None:
   """
   if not _finite(run.trained.model.variables):
     raise NonFiniteLossError(state.step, what='weights')
-  run.saved_topology.assign([run.topology.workers, run.topology.replicas])
+  run.counters.topology.assign([run.topology.workers, run.topology.replicas])
   run.checkpointer.save(state.step)
   state.last_saved = state.step
 
@@ -356,8 +371,8 @@ def train_loop(run: Run, state: TrainState, signals, *,
   state.step += int(totals.steps)
   if totals.nonfinite_steps and run.config.train.on_nonfinite_loss == 'stop':
     raise NonFiniteLossError(state.step)
-  run.step.assign(state.step)
-  run.epoch_totals.assign_add(totals)
+  run.counters.step.assign(state.step)
+  run.counters.epoch_totals.assign_add(totals)
   state.epoch_train_s += loop_s
   steps_per_s = (state.step - state.first_step) / (
       time.time() - state.loops_start)
@@ -392,7 +407,7 @@ def evaluate(run: Run, state: TrainState, signals) -> dict:
   a held-out split, the test set is evaluated, once.
   """
   evaluated = run.evaluators['eval'](signals)
-  trained = steps.Totals(*run.epoch_totals.numpy())
+  trained = steps.Totals(*run.counters.epoch_totals.numpy())
   record = {
       'step': state.step,
       'epoch': state.step // run.steps_per_epoch,
@@ -435,7 +450,7 @@ def _misclassified(model, split, *, count=8, among=1000):
 
 
 def publish(run: Run, state: TrainState, record: dict) -> None:
-  """Sends an epoch's record to metrics.jsonl, the tuning service, TensorBoard."""
+  """An epoch's record to metrics.jsonl, the tuning service, TensorBoard."""
   state.records.append(record)
   if state.writer:
     state.writer.write(record)
@@ -453,7 +468,8 @@ def publish(run: Run, state: TrainState, record: dict) -> None:
 
 def end_epoch(run: Run, state: TrainState, signals) -> None:
   """Starts the next epoch's totals, checkpoints, and stops if asked."""
-  run.epoch_totals.assign(tf.zeros_like(run.epoch_totals))
+  run.counters.epoch_totals.assign(
+      tf.zeros_like(run.counters.epoch_totals))
   _save(run, state)
   if not state.finished:
     _stop_if_asked(run, state, signals)
