@@ -3,6 +3,7 @@ and checkpoint contents. Fixtures are in conftest.py."""
 
 import gzip
 import importlib.util
+import json
 import os
 import struct
 import subprocess
@@ -78,3 +79,18 @@ def checkpoint_variables(workdir) -> dict:
   return {name: reader.get_tensor(name)
           for name in reader.get_variable_to_shape_map()
           if name.startswith('model/')}
+
+
+# The fields of a metrics.jsonl record that measure time, not the run.
+TIMING_KEYS = ('elapsed_s', 'wall_time', 'examples_per_s')
+
+
+def finished_state(workdir) -> tuple[list[dict], dict]:
+  """(the metrics.jsonl records without timings, the model variables) of
+  WORKDIR: what two runs that trained the same must agree on."""
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  for record in records:
+    for key in TIMING_KEYS:
+      record.pop(key)
+  return records, checkpoint_variables(workdir)

@@ -8,7 +8,6 @@ run that was never killed. The quick suite tries a few points; the slow one
 twenty.
 """
 
-import json
 import os
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 
 from helpers import ROOT
-from helpers import checkpoint_variables
+from helpers import finished_state
 
 # 16 steps an epoch, a checkpoint every 4 steps, every output on.
 _RUN = ('--config=configs/dense_dropout.py', '--config.data.source=synthetic',
@@ -26,7 +25,6 @@ _RUN = ('--config=configs/dense_dropout.py', '--config.data.source=synthetic',
         '--config.data.synthetic_eval_examples=1000',
         '--config.train.epochs=2', '--config.train.steps_per_loop=2',
         '--config.checkpoint.every_steps=4')
-_TIMING_KEYS = ('elapsed_s', 'wall_time', 'examples_per_s')
 _MAX_RESTARTS = 4
 
 
@@ -34,15 +32,6 @@ def _start(workdir):
   return subprocess.Popen(
       [sys.executable, '-m', 'mnist_dist.main', f'--workdir={workdir}', *_RUN],
       cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
-def _state(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    records = [json.loads(line) for line in f]
-  for record in records:
-    for key in _TIMING_KEYS:
-      record.pop(key)
-  return records, checkpoint_variables(workdir)
 
 
 @pytest.fixture(scope='module')
@@ -106,8 +95,8 @@ def _check_kill_at(fraction, workdir, uninterrupted):
       'checkpoints', 'config.json', 'export', 'metrics.jsonl', 'plots',
       'tensorboard']  # Complete, with no lock and no temporary left over.
   assert len(os.listdir(os.path.join(workdir, 'plots'))) == 5
-  records, weights = _state(workdir)
-  reference_records, reference_weights = _state(reference)
+  records, weights = finished_state(workdir)
+  reference_records, reference_weights = finished_state(reference)
   assert [r['epoch'] for r in records] == [1, 2]
   for record, expected in zip(records, reference_records, strict=True):
     assert record.keys() == expected.keys()

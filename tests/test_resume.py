@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from helpers import ROOT
-from helpers import checkpoint_variables
+from helpers import finished_state
 from helpers import small_config
 from mnist_dist import workdir as workdir_lib
 from mnist_dist import config as config_lib
@@ -26,7 +26,6 @@ _RUN_FLAGS = ('--config=configs/dense_dropout.py', '--config.data.source=synthet
               '--config.data.synthetic_eval_examples=1000',
               '--config.train.epochs=3', '--config.train.steps_per_loop=4',
               '--config.checkpoint.every_steps=10')
-_TIMING_KEYS = ('elapsed_s', 'examples_per_s')
 
 
 def _start(workdir, *extra):
@@ -43,16 +42,6 @@ def _wait_for_line(process, needle, timeout=120):
     if needle in line or time.time() > deadline:
       return lines
   return lines
-
-
-def _final_state(workdir):
-  """(metrics without timings, {variable: value}) of a finished workdir."""
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    records = [json.loads(line) for line in f]
-  for record in records:
-    for key in _TIMING_KEYS:
-      record.pop(key)
-  return records, checkpoint_variables(workdir)
 
 
 # The extras add state that must resume too: the augmentation stream and the
@@ -77,8 +66,8 @@ def test_sigterm_then_resume_lands_where_an_uninterrupted_run_does(tmp_path,
   assert resumed.returncode == 0, log[-2000:]
   assert 'Resuming from' in log
 
-  straight_records, straight_weights = _final_state(tmp_path / 'straight')
-  records, weights = _final_state(tmp_path / 'stopped')
+  straight_records, straight_weights = finished_state(tmp_path / 'straight')
+  records, weights = finished_state(tmp_path / 'stopped')
   assert [r['epoch'] for r in records] == [1, 2, 3]
   assert straight_weights.keys() == weights.keys() and weights
   for name, value in straight_weights.items():
