@@ -25,6 +25,7 @@ from PIL import UnidentifiedImageError
 import tensorflow as tf
 
 from mnist_dist import export
+from mnist_dist import paths
 
 EXIT_FAILED = 1  # A file could not be read, or the model could not be loaded.
 BOX = 20  # MNIST fits each digit into 20x20 pixels...
@@ -94,7 +95,7 @@ def _read_image(path: str) -> np.ndarray:
   except tf.errors.NotFoundError as e:
     raise ValueError('no such file') from e
   except tf.errors.OpError as e:
-    raise ValueError(f'cannot read ({e.message.split("; ")[-1]})') from e
+    raise ValueError(f'cannot read it: {paths.cause(e)}') from e
   try:
     with Image.open(io.BytesIO(raw)) as image:
       return preprocess(image)
@@ -122,6 +123,10 @@ def main(args: argparse.Namespace) -> None:
     predict = export.load_predict_fn(args.model)
   except OSError as e:
     print(f'error: --model={args.model}: {e}', file=sys.stderr)
+    sys.exit(EXIT_FAILED)
+  except tf.errors.OpError as e:  # A gs:// model out of reach, for one.
+    print(f'error: --model={args.model}: cannot load it: {paths.cause(e)}',
+          file=sys.stderr)
     sys.exit(EXIT_FAILED)
   paths, digits = [], []
   for path in args.images:

@@ -1,7 +1,7 @@
 """Killed anywhere, resumed exactly.
 
-A short run is killed with SIGKILL at a point spread over its life after
-set-up (training, checkpoint writes, evaluations, the export, the plots), then
+A short run is killed with SIGKILL at a point of its life after set-up
+(training, checkpoint writes, evaluations, the export, the plots), then
 started again, as often as it takes, with the same command. Every chain must
 end with exit 0, a complete workdir and the final weights and metrics of a
 run that was never killed. The quick suite tries a few points; the slow one
@@ -19,9 +19,9 @@ import pytest
 from helpers import ROOT
 from helpers import finished_state
 
-# 16 steps an epoch, a checkpoint every 4 steps, every output on.
+# 32 steps an epoch, a checkpoint every 4 steps, every output on.
 _RUN = ('--config=configs/dense_dropout.py', '--config.data.source=synthetic',
-        '--config.data.synthetic_train_examples=2048',
+        '--config.data.synthetic_train_examples=4096',
         '--config.data.synthetic_eval_examples=1000',
         '--config.train.epochs=2', '--config.train.steps_per_loop=2',
         '--config.checkpoint.every_steps=4')
@@ -36,20 +36,28 @@ def _start(workdir):
 
 @pytest.fixture(scope='module')
 def uninterrupted(tmp_path_factory):
-  """(workdir, seconds to set up, seconds to exit) of a run nothing stopped.
+  """(workdir, {phase: (start s, end s)}) of a run nothing stopped.
 
-  Set up is until the run's summary line, just before it trains.
+  The phases, in seconds from the start, as its log shows them: 'train' from
+  the run's summary line (set-up done) to its last checkpoint, 'export' from
+  there to the export's line, 'plots' from there to the exit.
   """
   workdir = tmp_path_factory.mktemp('uninterrupted')
   start = time.monotonic()
   process = _start(workdir)
-  set_up_s = None
+  seen = {}
   for line in process.stderr:
-    if set_up_s is None and ' steps per epoch ' in line:
-      set_up_s = time.monotonic() - start
+    for event, sign in (('set_up', ' steps per epoch '),
+                        ('trained', 'Saved checkpoint'),
+                        ('exported', 'Exported the model')):
+      if sign in line:
+        seen[event] = time.monotonic() - start
   process.wait(timeout=300)
-  assert process.returncode == 0 and set_up_s
-  return workdir, set_up_s, time.monotonic() - start
+  assert process.returncode == 0 and len(seen) == 3, seen
+  end = time.monotonic() - start
+  return workdir, {'train': (seen['set_up'], seen['trained']),
+                   'export': (seen['trained'], seen['exported']),
+                   'plots': (seen['exported'], end)}
 
 
 def _last_line(log: str) -> str:
@@ -85,11 +93,12 @@ def _kill_and_finish(workdir, kill_after_s):
   return codes
 
 
-def _check_kill_at(fraction, workdir, uninterrupted):
-  """Kills at `fraction` of the time from the end of set-up to the exit."""
-  reference, set_up_s, duration = uninterrupted
-  codes = _kill_and_finish(
-      workdir, kill_after_s=set_up_s + fraction * (duration - set_up_s))
+def _check_kill_at(phase, fraction, workdir, uninterrupted):
+  """Kills at `fraction` of the way through `phase` of the uninterrupted run."""
+  reference, phases = uninterrupted
+  start, end = phases[phase]
+  codes = _kill_and_finish(workdir,
+                           kill_after_s=start + fraction * (end - start))
   assert codes == [0]  # One restart finishes whatever the kill left.
   assert sorted(os.listdir(workdir)) == [
       'checkpoints', 'config.json', 'export', 'metrics.jsonl', 'plots',
@@ -109,13 +118,20 @@ def _check_kill_at(fraction, workdir, uninterrupted):
     np.testing.assert_array_equal(weights[name], value, err_msg=name)
 
 
-@pytest.mark.parametrize('fraction', [0.2, 0.5, 0.8])
+@pytest.mark.parametrize('phase, fraction', [
+    ('train', 0.5), ('export', 0.5), ('plots', 0.5)])
 def test_killed_at_a_few_points_resumes_exactly(tmp_path, uninterrupted,
-                                                fraction):
-  _check_kill_at(fraction, tmp_path, uninterrupted)
+                                                phase, fraction):
+  _check_kill_at(phase, fraction, tmp_path, uninterrupted)
 
 
+# Twelve points in training (checkpoints and evaluations among them), four
+# in the export, four in the plots.
 @pytest.mark.slow
-@pytest.mark.parametrize('fraction', [(i + 0.5) / 20 for i in range(20)])
-def test_killed_anywhere_resumes_exactly(tmp_path, uninterrupted, fraction):
-  _check_kill_at(fraction, tmp_path, uninterrupted)
+@pytest.mark.parametrize('phase, fraction', [
+    *(('train', (i + 0.5) / 12) for i in range(12)),
+    *(('export', (i + 0.5) / 4) for i in range(4)),
+    *(('plots', (i + 0.5) / 4) for i in range(4))])
+def test_killed_anywhere_resumes_exactly(tmp_path, uninterrupted, phase,
+                                         fraction):
+  _check_kill_at(phase, fraction, tmp_path, uninterrupted)

@@ -159,6 +159,35 @@ def test_unreadable_files_get_an_error_line_and_the_others_answers(
     assert line.endswith(f': {digit} ({p[digit]:.1%})')
 
 
+_REMOTE_CAUSES = ('cannot reach the store (network or DNS)',
+                  'access denied (credentials or permissions)', 'not found')
+
+
+def test_an_unreachable_remote_image_or_model_is_one_line(export_dir,
+                                                          tmp_path):
+  three = _write_images(tmp_path)['three.png']
+  remote = 'gs://mnist-dist-no-such-bucket/three.png'
+  process = subprocess.run(
+      [sys.executable, '-m', 'mnist_dist.predict', f'--model={export_dir}',
+       remote, three],
+      cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+  assert process.returncode == predict.EXIT_FAILED
+  (error,) = [line for line in process.stderr.splitlines()
+              if line.startswith('error: ')]
+  assert any(error in (f'error: {remote}: cannot read it: {cause}',
+                       f'error: {remote}: no such file')
+             for cause in _REMOTE_CAUSES), error
+  assert process.stdout.startswith(f'{three}: ')  # The others are answered.
+  model = subprocess.run(
+      [sys.executable, '-m', 'mnist_dist.predict',
+       '--model=gs://mnist-dist-no-such-bucket/export', three],
+      cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+  assert model.returncode == predict.EXIT_FAILED
+  assert 'Traceback' not in model.stderr, model.stderr[-2000:]
+  assert model.stderr.strip().splitlines()[-1].startswith(
+      'error: --model=gs://mnist-dist-no-such-bucket/export: ')
+
+
 def test_json_output(export_dir, tmp_path, capsys):
   paths = _write_images(tmp_path)
   predict.main(argparse.Namespace(
