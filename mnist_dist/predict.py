@@ -128,23 +128,23 @@ def main(args: argparse.Namespace) -> None:
     print(f'error: --model={args.model}: cannot load it: {paths.cause(e)}',
           file=sys.stderr)
     sys.exit(EXIT_FAILED)
-  paths, digits = [], []
+  readable, digits = [], []
   for path in args.images:
     try:
       digits.append(_read_image(path))
-      paths.append(path)
+      readable.append(path)
     except ValueError as e:
       print(f'error: {path}: {e}', file=sys.stderr)
   if digits:
     probabilities, classes = predict(np.stack(digits))
-    for path, p, digit in zip(paths, probabilities, classes):
+    for path, p, digit in zip(readable, probabilities, classes):
       if args.json:
         p = [float(f'{q:.4g}') for q in p]  # 4 significant digits.
         print(json.dumps({'path': path, 'digit': int(digit),
                           'probability': p[digit], 'probabilities': p}))
       else:
         print(f'{path}: {digit} ({p[digit]:.1%})')
-  if len(paths) < len(args.images):
+  if len(readable) < len(args.images):
     sys.exit(EXIT_FAILED)
 
 
