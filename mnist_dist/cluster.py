@@ -24,8 +24,6 @@ the others waiting in a collective that can never complete. Two rules follow.
 
 import contextlib
 import dataclasses
-import json
-import os
 import re
 
 import tensorflow as tf
@@ -75,10 +73,12 @@ class WorkerLost(Exception):
     self.step = step
 
 
-def _peer_name(message: str) -> str:
-  """'worker 1 (host:port)' from what a failed collective says, if it can."""
+def _peer_name(message: str, cluster: dict[str, list[str]]) -> str:
+  """'worker 1 (host:port)' from what a failed collective says, if it can.
+
+  cluster: {job: [address of each task]}, the strategy's cluster spec.
+  """
   task = re.search(r'/job:(\w+)/replica:\d+/task:(\d+)', message)
-  cluster = json.loads(os.environ.get('TF_CONFIG') or '{}').get('cluster', {})
   if task:
     job, index = task.group(1), int(task.group(2))
     addresses = cluster.get(job, [])
@@ -106,7 +106,8 @@ def peer_failures(strategy: tf.distribute.Strategy, *, step_of,
   try:
     yield
   except _PEER_ERRORS as e:
-    raise WorkerLost(_peer_name(str(e)), step_of(),
+    cluster = strategy.cluster_resolver.cluster_spec().as_dict()
+    raise WorkerLost(_peer_name(str(e), cluster), step_of(),
                      tf.train.latest_checkpoint(checkpoint_dir)) from e
 
 
