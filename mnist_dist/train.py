@@ -20,7 +20,6 @@ import contextlib
 import dataclasses
 import functools
 import math
-import os
 import tempfile
 import time
 from typing import Callable
@@ -487,7 +486,7 @@ def _export(run: Run) -> None:
     tf.io.gfile.rmtree(directory)
     return
   final = workdir_lib.path(run.workdir, workdir_lib.EXPORT)
-  staging = f'{final}.tmp-{os.getpid()}'
+  staging = workdir_lib.temporary_name(final)
   export.export_saved_model(run.trained.model, staging)
   if tf.io.gfile.exists(final):
     tf.io.gfile.rmtree(final)

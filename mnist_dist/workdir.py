@@ -53,6 +53,33 @@ def path(workdir: str, name: str) -> str:
   return os.path.join(workdir, name)
 
 
+_TEMPORARY = '.tmp-'
+
+
+def temporary_name(path: str) -> str:
+  """Where this process writes what becomes path when complete."""
+  return f'{path}{_TEMPORARY}{os.getpid()}'
+
+
+def remove_temporaries(workdir: str) -> None:
+  """Deletes what a killed writer left under a temporary name.
+
+  Only for the lock's holder: no other writer is at work then.
+  """
+  for folder in (workdir, path(workdir, PLOTS)):
+    if not tf.io.gfile.isdir(folder):
+      continue
+    for name in tf.io.gfile.listdir(folder):
+      if _TEMPORARY in name:
+        leftover = os.path.join(folder, name.rstrip('/'))
+        logging.warning('Removing %s, left by a writer that was stopped.',
+                        leftover)
+        if tf.io.gfile.isdir(leftover):
+          tf.io.gfile.rmtree(leftover)
+        else:
+          tf.io.gfile.remove(leftover)
+
+
 def write_atomically(path: str, data: str | bytes) -> None:
   """Writes path whole or not at all, whatever stops the process meanwhile.
 
@@ -66,7 +93,7 @@ def write_atomically(path: str, data: str | bytes) -> None:
     with tf.io.gfile.GFile(path, mode) as f:
       f.write(data)
     return
-  temporary = f'{path}.tmp-{os.getpid()}'
+  temporary = temporary_name(path)
   with open(temporary, mode) as f:
     f.write(data)
     f.flush()
@@ -209,6 +236,7 @@ class Lock:
       raise ConfigError(f'{os.path.dirname(self._path)} was just taken by '
                         f'another trainer ({self._path})') from None
     self._renewer.start()
+    remove_temporaries(os.path.dirname(self._path))
     return self
 
   def _renew(self):

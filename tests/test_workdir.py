@@ -124,13 +124,17 @@ def test_a_finished_run_makes_a_missing_export_and_plots_untrained(tmp_path):
   expected_plots = sorted(os.listdir(tmp_path / 'plots'))
   tf.io.gfile.rmtree(str(tmp_path / 'export'))  # As a kill during the export.
   (tmp_path / 'plots' / 'confusion_matrix.png').unlink()
+  # What a kill mid-write leaves under temporary names goes at the next start.
+  (tmp_path / 'export.tmp-12345').mkdir()
+  (tmp_path / 'plots' / 'predictions.png.tmp-12345').write_bytes(b'half')
   again = train.train_and_evaluate(config, str(tmp_path))
   assert again.metrics == []  # Nothing trained.
   with open(tmp_path / 'metrics.jsonl') as f:
     assert f.read() == metrics
   assert (tmp_path / 'export' / 'saved_model.pb').exists()
   assert sorted(os.listdir(tmp_path / 'plots')) == expected_plots
-  assert not [name for name in os.listdir(tmp_path) if '.tmp-' in name]
+  assert not [name for folder in (tmp_path, tmp_path / 'plots')
+              for name in os.listdir(folder) if '.tmp-' in name]
 
 
 def test_weights_that_blew_up_are_never_checkpointed(tmp_path, monkeypatch):
