@@ -75,14 +75,15 @@ def _smoothed_loss(labels, logits, label_smoothing):
                                                  tf.cast(logits, tf.float32))
 
 
-def make_train_loop(*, strategy: tf.distribute.Strategy, model: keras.Model,
+def make_train_step(*, model: keras.Model,
                     optimizer: keras.optimizers.Optimizer,
                     global_batch_size: int, jit_compile: bool,
-                    stop_on_nonfinite: bool, label_smoothing: float = 0.0,
+                    label_smoothing: float = 0.0,
                     weight_average: averaging.WeightAverage | None = None
-                    ) -> Callable[..., Totals]:
-  """Returns train_loop(iterator, num_steps) -> Totals of the steps run.
+                    ) -> Callable[..., tf.Tensor]:
+  """Returns train_step(images, labels) -> [loss sum, correct, examples].
 
+  The per-replica step: `strategy.run` runs it on every replica's batch.
   The loss each replica differentiates is its per-example losses summed and
   divided by the *global* batch size, so that the optimizer's all-reduce (a
   sum over replicas) yields the gradient of the mean over the global batch,
@@ -91,10 +92,12 @@ def make_train_loop(*, strategy: tf.distribute.Strategy, model: keras.Model,
   The reported loss is the unscaled per-example loss, without label
   smoothing, so that it compares with the evaluation's.
 
-  With stop_on_nonfinite the loop ends right after a step whose loss is not
-  finite on some replica; otherwise it goes on (the optimizer, a
-  LossScaleOptimizer then, skips the update). With weight_average, each step
-  ends by folding the new weights into it.
+  Everything in it must compile with XLA, update and weight average
+  included: a TPU compiles the whole replicated step (tests/test_xla.py
+  checks each option on CPU). jit_compile=True compiles the forward and
+  backward pass only; the all-reduce and update stay outside, where every
+  strategy supports them. With weight_average, each step ends by folding the
+  new weights into it.
   """
 
   def forward_backward(images, labels):
@@ -111,8 +114,6 @@ def make_train_loop(*, strategy: tf.distribute.Strategy, model: keras.Model,
     return gradients, _sums(labels, logits, per_example_loss)
 
   if jit_compile:
-    # XLA compiles the forward and backward pass; the all-reduce and update
-    # stay outside, where every strategy supports them.
     forward_backward = tf.function(forward_backward, jit_compile=True)
 
   def train_step(images, labels):
@@ -121,6 +122,21 @@ def make_train_loop(*, strategy: tf.distribute.Strategy, model: keras.Model,
     if weight_average:
       weight_average.update()
     return sums
+
+  return train_step
+
+
+def make_train_loop(*, strategy: tf.distribute.Strategy,
+                    train_step: Callable[..., tf.Tensor],
+                    stop_on_nonfinite: bool) -> Callable[..., Totals]:
+  """Returns train_loop(iterator, num_steps) -> Totals of the steps run.
+
+  With stop_on_nonfinite the loop ends right after a step whose loss is not
+  finite on some replica; otherwise it goes on (the optimizer, a
+  LossScaleOptimizer then, skips the update). Nothing in the loop runs on the
+  host alone (no Python, printing or summaries), so that a TPU can compile
+  all of it.
+  """
 
   @tf.function
   def train_loop(iterator, num_steps):
@@ -143,17 +159,24 @@ def make_train_loop(*, strategy: tf.distribute.Strategy, model: keras.Model,
   return train_loop
 
 
-def make_eval_loop(*, strategy: tf.distribute.Strategy, model: keras.Model,
-                   num_steps: int) -> Callable[..., Totals]:
-  """Returns eval_loop(iterator) -> Totals of one pass over a split.
+def make_eval_step(*, model: keras.Model) -> Callable[..., tf.Tensor]:
+  """Returns eval_step(images, labels, weights) -> [loss sum, correct, count].
 
   The eval batches carry a weight per example, 0 for padding, so the count is
-  exactly the number of real test examples.
+  exactly the number of real examples.
   """
 
   def eval_step(images, labels, weights):
     logits = model(images, training=False)
     return _sums(labels, logits, _per_example_loss(labels, logits), weights)
+
+  return eval_step
+
+
+def make_eval_loop(*, strategy: tf.distribute.Strategy,
+                   eval_step: Callable[..., tf.Tensor],
+                   num_steps: int) -> Callable[..., Totals]:
+  """Returns eval_loop(iterator) -> Totals of one pass over a split."""
 
   @tf.function
   def eval_loop(iterator):

@@ -206,7 +206,7 @@ def _evaluator(strategy, trained: Model, split, *, eval_batch: int):
   iterator = _distribute(strategy, input_pipeline.eval_dataset, split,
                          global_batch_size=eval_batch)
   loop = steps.make_eval_loop(
-      strategy=strategy, model=trained.model,
+      strategy=strategy, eval_step=steps.make_eval_step(model=trained.model),
       num_steps=input_pipeline.eval_steps(len(split), eval_batch))
 
   def evaluate_split(signals):
@@ -281,12 +281,13 @@ def build_run(config, workdir: str) -> Run:
           config.optimizer, steps_per_epoch=steps_per_epoch,
           epochs=config.train.epochs),
       train_loop=steps.make_train_loop(
-          strategy=strategy, model=trained.model, optimizer=trained.optimizer,
-          global_batch_size=config.train.global_batch_size,
-          jit_compile=settings.jit_compile,
-          stop_on_nonfinite=config.train.on_nonfinite_loss == 'stop',
-          label_smoothing=config.train.label_smoothing,
-          weight_average=trained.average),
+          strategy=strategy, train_step=steps.make_train_step(
+              model=trained.model, optimizer=trained.optimizer,
+              global_batch_size=config.train.global_batch_size,
+              jit_compile=settings.jit_compile,
+              label_smoothing=config.train.label_smoothing,
+              weight_average=trained.average),
+          stop_on_nonfinite=config.train.on_nonfinite_loss == 'stop'),
       evaluators={name: _evaluator(strategy, trained, splits[name],
                                    eval_batch=eval_batch)
                   for name in ('eval', 'test')},

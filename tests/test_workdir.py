@@ -144,18 +144,24 @@ def test_weights_that_blew_up_are_never_checkpointed(tmp_path, monkeypatch):
   # (the real loop, then one weight set to infinity at its last step), since
   # whether real gradients overflow depends on the data.
   train.train_and_evaluate(_dense(**{'optimizer.name': 'sgd'}), str(tmp_path))
+  built, build_model = [], train.build_model
   make_train_loop = steps.make_train_loop
 
-  def blowing_up(*, model, **kwargs):
-    loop = make_train_loop(model=model, **kwargs)
+  def building(*args, **kwargs):
+    built.append(build_model(*args, **kwargs))
+    return built[-1]
+
+  def blowing_up(**kwargs):
+    loop = make_train_loop(**kwargs)
 
     def blown_up_loop(iterator, num_steps):
       totals = loop(iterator, num_steps)
-      model.trainable_variables[0].assign(
-          tf.fill(model.trainable_variables[0].shape, np.inf))
+      weight = built[-1].model.trainable_variables[0]
+      weight.assign(tf.fill(weight.shape, np.inf))
       return totals
     return blown_up_loop
 
+  monkeypatch.setattr(train, 'build_model', building)
   monkeypatch.setattr(steps, 'make_train_loop', blowing_up)
   with pytest.raises(train.NonFiniteLossError,
                      match='weights are not finite at step 17'):
