@@ -7,7 +7,6 @@ import pytest
 import tensorflow as tf
 
 from helpers import small_config
-from mnist_dist import averaging
 from mnist_dist import input_pipeline
 from mnist_dist import steps
 from mnist_dist import strategy as strategy_lib
