@@ -45,9 +45,11 @@ def _load_tfds(split: str, data_dir: str) -> Split:
     # batch_size=-1 in tfds.load aborts the process under tfds.testing.
     batches = list(dataset.batch(1 << 16).as_numpy_iterator())
   except Exception as e:  # TFDS raises many kinds; all mean "no data".
+    # Its first line only: some (a wrong checksum) go on for several.
+    message = str(e).strip().split('\n')[0]
     raise idx.DataError(
-        f'tfds mnist/{split}: cannot load ({type(e).__name__}: {e}); to read '
-        'the IDX files instead, pass --config.data.dir=FOLDER') from e
+        f'tfds mnist/{split}: cannot load ({type(e).__name__}: {message}); to '
+        'read the IDX files instead, pass --config.data.dir=FOLDER') from e
   images = np.concatenate([images for images, _ in batches])
   labels = np.concatenate([labels for _, labels in batches])
   return Split(images[..., 0], labels.astype(np.uint8))
