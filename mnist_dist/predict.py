@@ -1,18 +1,22 @@
 r"""Reads digits from image files with an exported model.
 
   mnist-dist-predict --model=WORKDIR/export seven.png photo.jpg
+  mnist-dist-predict --model=WORKDIR/export/model.tflite seven.png
   python -m mnist_dist.predict --model=WORKDIR/export --json seven.png
 
-Any PNG or JPEG works: any size, dark ink on a light background or light on
-dark, grayscale or color. Each image is first made to look like an MNIST digit
-(see `preprocess`), then one line per image is printed: `PATH: DIGIT (PROB%)`,
-or with --json one JSON object per line. A file that cannot be read gets an
-`error: PATH: ...` line on stderr, the others are still answered, and the exit
-code is then 1.
+The model is the SavedModel a run exports, or a LiteRT model of it (a
+.tflite file, `mnist-dist-export`): the same preprocessing, the same output.
+
+Any PNG, JPEG, GIF, BMP or WebP works: any size up to 50 megapixels, dark ink
+on a light background or light on dark, grayscale or color. Each image is first
+made to look like an MNIST digit (see `preprocess`), then one line per image is
+printed: `PATH: DIGIT (PROB%)`, or with --json one JSON object per line. A
+file that cannot be used (not an image, damaged, too large: see
+`mnist_dist/images.py`) gets an `error: PATH: ...` line on stderr, the others
+are still answered, and the exit code is then 1.
 """
 
 import argparse
-import io
 import json
 import sys
 
@@ -20,11 +24,11 @@ from absl import app
 from absl.flags import argparse_flags
 import numpy as np
 from PIL import Image
-from PIL import ImageOps
-from PIL import UnidentifiedImageError
 import tensorflow as tf
 
 from mnist_dist import export
+from mnist_dist import images
+from mnist_dist import litert
 from mnist_dist import paths
 
 EXIT_FAILED = 1  # A file could not be read, or the model could not be loaded.
@@ -40,7 +44,8 @@ def preprocess(image: Image.Image) -> np.ndarray:
   placed in a 28x28 field with its centre of mass at the centre, white ink on
   black. This repeats those steps on an arbitrary picture:
 
-  1. grayscale, transparent parts on white, turned upright as EXIF says;
+  1. grayscale, transparent parts on white, turned upright as EXIF says
+     (`images.grayscale`);
   2. ink made light: the image is inverted if its border, which is mostly
      background, is lighter than mid-gray;
   3. black and white: a pixel is ink if it is closer to the brightest ink
@@ -49,11 +54,10 @@ def preprocess(image: Image.Image) -> np.ndarray:
      its centre of mass at the centre of 28x28.
 
   Raises:
-    ValueError: the image is one flat color: no ink to read.
+    ValueError: the image is one flat color (no ink to read), or its EXIF
+      data cannot be read.
   """
-  rgba = ImageOps.exif_transpose(image).convert('RGBA')
-  white = Image.new('RGBA', rgba.size, 'white')
-  gray = np.asarray(Image.alpha_composite(white, rgba).convert('L'), np.float32)
+  gray = images.grayscale(image)
   background = np.median(
       np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]]))
   if background > 127:
@@ -83,45 +87,27 @@ def preprocess(image: Image.Image) -> np.ndarray:
   return field
 
 
-def _read_image(path: str) -> np.ndarray:
-  """preprocess() of the image at path (local or gs://).
-
-  Raises:
-    ValueError: naming what is wrong with the file, without its path.
-  """
-  try:
-    with tf.io.gfile.GFile(path, 'rb') as f:
-      raw = f.read()
-  except tf.errors.NotFoundError as e:
-    raise ValueError('no such file') from e
-  except tf.errors.OpError as e:
-    raise ValueError(f'cannot read it: {paths.cause(e)}') from e
-  try:
-    with Image.open(io.BytesIO(raw)) as image:
-      return preprocess(image)
-  except UnidentifiedImageError as e:
-    raise ValueError('not an image Pillow can read') from e
-  except OSError as e:  # Truncated or corrupt image data.
-    raise ValueError(f'cannot decode ({e})') from e
-
-
 def _parse_flags(argv: list[str]) -> argparse.Namespace:
   parser = argparse_flags.ArgumentParser(
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--model', required=True, metavar='EXPORT_DIR',
-                      help='The exported model: WORKDIR/export of a run.')
+  parser.add_argument('--model', required=True, metavar='MODEL',
+                      help='The exported model: WORKDIR/export of a run, or a '
+                      '.tflite file (WORKDIR/export/model.tflite).')
   parser.add_argument('--json', action='store_true',
                       help='Print one JSON object per line and image: path, '
                       'digit, probability and all 10 probabilities.')
   parser.add_argument('images', nargs='+', metavar='IMAGE',
-                      help='PNG or JPEG files, local or gs://.')
+                      help='PNG, JPEG, GIF, BMP or WebP files, local or '
+                      'gs://.')
   return parser.parse_args(argv[1:])
 
 
 def main(args: argparse.Namespace) -> None:
+  load_predict_fn = (litert.load_predict_fn if args.model.endswith('.tflite')
+                     else export.load_predict_fn)
   try:
-    predict = export.load_predict_fn(args.model)
-  except OSError as e:
+    predict = load_predict_fn(args.model)
+  except (OSError, ValueError) as e:  # ValueError: not a LiteRT model.
     print(f'error: --model={args.model}: {e}', file=sys.stderr)
     sys.exit(EXIT_FAILED)
   except tf.errors.OpError as e:  # A gs:// model out of reach, for one.
@@ -131,7 +117,7 @@ def main(args: argparse.Namespace) -> None:
   readable, digits = [], []
   for path in args.images:
     try:
-      digits.append(_read_image(path))
+      digits.append(preprocess(images.load(path)))
       readable.append(path)
     except ValueError as e:
       print(f'error: {path}: {e}', file=sys.stderr)

@@ -1,12 +1,17 @@
 """Any picture of a digit becomes an MNIST digit; the command reads files."""
 
 import argparse
+import io
 import json
+import os
 import re
+import struct
 import subprocess
 import sys
+import zlib
 
 import numpy as np
+from PIL import ExifTags
 from PIL import Image
 from PIL import ImageDraw
 from PIL import ImageFont
@@ -17,6 +22,8 @@ from helpers import load_config
 from helpers import small_config
 from mnist_dist import export
 from mnist_dist import idx
+from mnist_dist import images
+from mnist_dist import litert
 from mnist_dist import models
 from mnist_dist import predict
 from mnist_dist import train
@@ -123,40 +130,230 @@ def export_dir(tmp_path_factory):
 
 
 def _write_images(folder):
-  """Two readable digits, a file that is no image, and a missing path."""
-  paths = {name: str(folder / name) for name in (
-      'three.png', 'not_an_image.png', 'missing.png', 'seven.jpg')}
+  """Two readable digits: {name: path}."""
+  paths = {name: str(folder / name) for name in ('three.png', 'seven.jpg')}
   _draw('3', size=80, ink=0, paper=255, mode='L').save(paths['three.png'])
   _draw('7', size=50, ink=(240, 240, 255), paper=(10, 40, 10)).save(
       paths['seven.jpg'])
-  with open(paths['not_an_image.png'], 'w') as f:
-    f.write('a text file')
   return paths
 
 
-def test_unreadable_files_get_an_error_line_and_the_others_answers(
-    export_dir, tmp_path):
-  paths = _write_images(tmp_path)
+def _png(width, height, *, bits=1):
+  """A black grayscale PNG of any size, made without the memory it claims."""
+
+  def chunk(kind, data):
+    return (struct.pack('>I', len(data)) + kind + data +
+            struct.pack('>I', zlib.crc32(kind + data)))
+
+  row = bytes(1 + (width * bits + 7) // 8)  # Filter type 0, then zeros.
+  compressor = zlib.compressobj(9)
+  pixels = b''.join(compressor.compress(row * 1000)
+                    for _ in range(height // 1000))
+  pixels += compressor.compress(row * (height % 1000)) + compressor.flush()
+  return (b'\x89PNG\r\n\x1a\n' +
+          chunk(b'IHDR', struct.pack('>IIBBBBB', width, height, bits, 0, 0, 0,
+                                     0)) +
+          chunk(b'IDAT', pixels) + chunk(b'IEND', b''))
+
+
+@pytest.fixture(scope='module')
+def hostile_files(tmp_path_factory):
+  """What users and web forms hand in, readable or not.
+
+  Returns:
+    readable: {path: an ordinary picture of what the file shows}.
+    refused: {path: the reason its error line gives}, a trailing '(' for a
+      reason that goes on with the decoder's words.
+  """
+  folder = tmp_path_factory.mktemp('hostile')
+  readable, refused = {}, {}
+
+  def page(text):
+    return _draw(text, size=60, ink=0, paper=255, mode='L')
+
+  def path(name):
+    return str(folder / name)
+
+  for written in _write_images(folder).values():
+    readable[written] = Image.open(written)
+  # 16 bits per pixel: Pillow's own conversion to 8 bits makes it all white.
+  five = page('5')
+  Image.fromarray(np.asarray(five).astype(np.uint16) * 257).save(
+      path('16_bit.png'))
+  readable[path('16_bit.png')] = five
+  # A palette whose transparent paper has the ink's color.
+  ink = np.asarray(page('2')) < 128
+  two = Image.fromarray(ink.astype(np.uint8), 'P')
+  two.putpalette([0, 0, 0, 0, 0, 0])
+  two.save(path('palette_transparent.png'), transparency=0)
+  readable[path('palette_transparent.png')] = Image.fromarray(
+      np.where(ink, 0, 255).astype(np.uint8))
+  # An animation: its first frame is the picture.
+  page('4').save(path('animated.gif'), save_all=True, duration=200,
+                 append_images=[page('8')])
+  readable[path('animated.gif')] = page('4')
+  six = _draw('6', size=60, ink=(20, 20, 120), paper=(250, 240, 200))
+  six.convert('CMYK').save(path('cmyk.jpg'), quality=95)
+  readable[path('cmyk.jpg')] = six
+  # A phone photo: stored sideways, with the EXIF orientation that turns it.
+  exif = Image.Exif()
+  exif[ExifTags.Base.Orientation] = 6  # Turn 90 degrees clockwise to show.
+  page('7').rotate(90, expand=True).save(path('exif_rotated.jpg'),
+                                         quality=95, exif=exif)
+  readable[path('exif_rotated.jpg')] = page('7')
+  # Huge but legal: 44 megapixels (8100x5400).
+  page('9').resize((8100, 5400)).save(path('huge.png'), compress_level=1)
+  readable[path('huge.png')] = page('9')
+  page('0').resize((8100, 5400)).save(path('huge.jpg'), quality=90)
+  readable[path('huge.jpg')] = page('0')
+
+  # Decompression bombs: 109 kB for 30000x30000 pixels, past Pillow's own
+  # limit (179 million); 21 kB for 13000x13000, under it.
+  for name, side in (('bomb.png', 30000), ('bomb_169mp.png', 13000)):
+    with open(path(name), 'wb') as f:
+      f.write(_png(side, side))
+  refused[path('bomb.png')] = 'more than the 50,000,000 pixels this reads'
+  refused[path('bomb_169mp.png')] = (
+      '13000x13000 pixels: more than the 50,000,000 this reads')
+  open(path('empty.png'), 'wb').close()
+  refused[path('empty.png')] = 'empty file'
+  with open(path('text.png'), 'w') as f:
+    f.write('a text file')
+  refused[path('text.png')] = 'not a PNG, JPEG, GIF, BMP or WebP image'
+  page('3').save(path('scan.tif'))  # Pillow reads TIFF; this does not.
+  refused[path('scan.tif')] = 'not a PNG, JPEG, GIF, BMP or WebP image'
+  for name in ('truncated.png', 'truncated.jpg'):
+    buffer = io.BytesIO()
+    _draw('1', size=60, ink=(0, 90, 0), paper='white').save(
+        buffer, name.split('.')[-1].replace('jpg', 'jpeg'))
+    with open(path(name), 'wb') as f:
+      f.write(buffer.getvalue()[:len(buffer.getvalue()) // 2])
+    refused[path(name)] = 'cannot decode ('
+  with open(path('too_long.png'), 'wb') as f:
+    f.truncate(64 * 2**20 + 1)  # Sparse: no time or disk to write it.
+  refused[path('too_long.png')] = 'larger than 64 MiB'
+  Image.new('RGB', (40, 30), (200, 180, 90)).save(path('flat.png'))
+  refused[path('flat.png')] = 'no digit found: the image is one flat color'
+  refused[path('missing.png')] = 'no such file'
+  return readable, refused
+
+
+def test_each_file_gets_an_answer_or_its_own_error_line(export_dir,
+                                                        hostile_files):
+  readable, refused = hostile_files
+  given = sorted([*readable, *refused])  # Mixed: good and bad alternate.
   process = subprocess.run(
       [sys.executable, '-m', 'mnist_dist.predict', f'--model={export_dir}',
-       *paths.values()],
-      cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+       *given], cwd=ROOT, capture_output=True, text=True, timeout=300,
+      check=False)
   assert process.returncode == predict.EXIT_FAILED
+  assert 'Traceback' not in process.stderr, process.stderr[-3000:]
+  assert 'DecompressionBomb' not in process.stderr
   errors = [line for line in process.stderr.splitlines()
             if line.startswith('error: ')]
-  assert errors == [
-      f'error: {paths["not_an_image.png"]}: not an image Pillow can read',
-      f'error: {paths["missing.png"]}: no such file']
+  expected = [f'error: {path}: {refused[path]}' for path in given
+              if path in refused]
+  assert len(errors) == len(expected), errors
+  for error, start in zip(errors, expected):
+    assert error == start or (start.endswith('(') and error.startswith(start)
+                              and error.endswith(')')), (error, start)
   answers = process.stdout.splitlines()
-  assert [line.split(': ')[0] for line in answers] == [
-      paths['three.png'], paths['seven.jpg']]
+  assert [line.rsplit(': ', 1)[0] for line in answers] == [
+      path for path in given if path in readable]
   # The answers are the export's on the preprocessed images.
   probabilities, classes = export.load_predict_fn(export_dir)(np.stack(
-      [predict.preprocess(Image.open(paths[name]))
-       for name in ('three.png', 'seven.jpg')]))
+      [predict.preprocess(images.load(path)) for path in given
+       if path in readable]))
   for line, p, digit in zip(answers, probabilities, classes):
     assert re.fullmatch(r'.*: \d \(\d+\.\d%\)', line), line
     assert line.endswith(f': {digit} ({p[digit]:.1%})')
+
+
+def test_every_kind_of_file_reads_as_an_ordinary_picture(hostile_files):
+  readable, _ = hostile_files
+  for path, picture in readable.items():
+    digit = predict.preprocess(images.load(path)).astype(float)
+    expected = predict.preprocess(picture).astype(float)
+    # A huge picture's ink is smooth where the small one's is jagged.
+    minimum = 0.85 if 'huge' in path else 0.99
+    assert _shift_tolerant_correlation(digit, expected) > minimum, path
+
+
+def test_a_huge_jpeg_is_decoded_at_a_reduced_scale(hostile_files):
+  readable, _ = hostile_files
+  (path,) = [path for path in readable if path.endswith('huge.jpg')]
+  # 8100x5400 at 1/4: the smallest scale that keeps 1024 pixels a side.
+  assert images.load(path).size == (2025, 1350)
+
+
+# Run by a fresh interpreter: the peak of its resident memory (Linux's
+# VmHWM, reset after the imports) is what reading the files took.
+_READ_AND_MEASURE = """
+import json, re, sys, time
+from mnist_dist import images, predict
+def status_bytes(field):
+  with open('/proc/self/status') as f:
+    return int(re.search(field + r':\\s+(\\d+) kB', f.read())[1]) * 1024
+with open('/proc/self/clear_refs', 'w') as f:
+  f.write('5')  # The peak is now the present.
+before, seconds = status_bytes('VmRSS'), {}
+for path in sys.argv[1:]:
+  start = time.perf_counter()
+  try:
+    predict.preprocess(images.load(path))
+  except ValueError:
+    pass
+  seconds[path] = time.perf_counter() - start
+print(json.dumps({'bytes': status_bytes('VmHWM') - before, 'seconds': seconds}))
+"""
+
+
+def test_reading_any_file_takes_bounded_memory_and_time(hostile_files):
+  readable, refused = hostile_files
+  process = subprocess.run(
+      [sys.executable, '-c', _READ_AND_MEASURE, *readable, *refused],
+      cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+  assert process.returncode == 0, process.stderr[-3000:]
+  measured = json.loads(process.stdout)
+  print(f'{measured["bytes"] / 1e6:.0f} MB, the slowest file '
+        f'{max(measured["seconds"].values()):.2f} s')
+  # The largest picture, 44 megapixels at 1 byte each, is held twice: as
+  # decoded and in gray; the allocator keeps some of what was freed.
+  assert measured['bytes'] < 300e6
+  assert max(measured['seconds'].values()) < 5
+
+
+def test_a_tflite_model_answers_as_its_saved_model(export_dir, tmp_path,
+                                                   capsys):
+  tflite = str(tmp_path / 'model.tflite')
+  with open(tflite, 'wb') as f:
+    f.write(litert.convert(export_dir))
+  paths = list(_write_images(tmp_path).values())
+  answers = []
+  for model in (export_dir, tflite):
+    predict.main(argparse.Namespace(model=model, json=True, images=paths))
+    answers.append([json.loads(line)
+                    for line in capsys.readouterr().out.splitlines()])
+  saved_model, lite = answers
+  assert [a['path'] for a in lite] == paths
+  assert [a['digit'] for a in lite] == [a['digit'] for a in saved_model]
+  for a, b in zip(lite, saved_model):
+    assert a['probabilities'] == pytest.approx(b['probabilities'], abs=1e-4)
+
+
+@pytest.mark.parametrize('content, error', [
+    (b'', 'empty file'),
+    (b'a text file', 'The model is not a valid Flatbuffer buffer')])
+def test_a_file_that_is_no_tflite_model_is_one_line(tmp_path, capsys,
+                                                    content, error):
+  model = tmp_path / 'model.tflite'
+  model.write_bytes(content)
+  with pytest.raises(SystemExit) as exit_info:
+    predict.main(argparse.Namespace(
+        model=str(model), json=False,
+        images=list(_write_images(tmp_path).values())))
+  assert exit_info.value.code == predict.EXIT_FAILED
+  assert capsys.readouterr().err == f'error: --model={model}: {error}\n'
 
 
 _REMOTE_CAUSES = ('cannot reach the store (network or DNS)',
@@ -204,17 +401,41 @@ def test_json_output(export_dir, tmp_path, capsys):
     assert record['probability'] == max(record['probabilities'])
 
 
+_EXPORTED = re.compile(
+    r'(?P<path>.+): (?P<bytes>[\d,]+) bytes; on the 10000 test images: '
+    r'accuracy (?P<accuracy>[\d.]+)% \(the SavedModel (?P<saved_model>[\d.]+)'
+    r'%\), the same digit as the SavedModel on (?P<agreement>[\d.]+)%')
+
+
 @pytest.mark.slow
-def test_a_trained_model_reads_printed_digits(tmp_path, mnist_dir):
+def test_a_trained_model_reads_printed_digits_in_each_format(tmp_path,
+                                                             mnist_dir):
   # conv_bn, one epoch, learning rate decayed over it: ~99% on MNIST.
   config = load_config('conv_bn')
   config.data.dir = mnist_dir
   config.train.epochs = 1
   config.optimizer.staircase = False
   config.optimizer.decay_rate = 0.05
-  result = train.train_and_evaluate(config, str(tmp_path / 'run'))
-  export_dir = str(tmp_path / 'run' / 'export')
-  export.export_saved_model(result.model, export_dir)
+  config.outputs.plots = False
+  workdir = str(tmp_path / 'run')
+  result = train.train_and_evaluate(config, workdir)
+  print(f'test accuracy {result.metrics[-1]["eval_accuracy"]:.2%}')
+
+  # The LiteRT models, run on the whole test set by the export command.
+  exported = {}
+  for quantize in ('none', 'int8'):
+    process = subprocess.run(
+        [sys.executable, '-m', 'mnist_dist.litert', workdir, '--format=litert',
+         f'--quantize={quantize}'], cwd=ROOT, capture_output=True, text=True,
+        timeout=300, check=False)
+    assert process.returncode == 0, process.stderr[-3000:]
+    print(process.stdout, end='')
+    exported[quantize] = _EXPORTED.fullmatch(process.stdout.strip())
+  floats, int8 = exported['none'], exported['int8']
+  assert float(floats['agreement']) >= 99.9
+  assert float(int8['accuracy']) >= float(floats['accuracy']) - 0.5
+  assert (int(int8['bytes'].replace(',', '')) <
+          0.3 * int(floats['bytes'].replace(',', '')))
 
   # Clear printed digits: even ones black on white PNGs, odd ones white on
   # blue JPEGs.
@@ -227,14 +448,18 @@ def test_a_trained_model_reads_printed_digits(tmp_path, mnist_dir):
       image = _draw(str(digit), size=120, ink=0, paper=255, mode='L')
       names.append(f'{digit}.png')
     image.save(tmp_path / names[-1])
-  process = subprocess.run(
-      [sys.executable, '-m', 'mnist_dist.predict', f'--model={export_dir}',
-       *names], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-      check=False)
-  assert process.returncode == 0, process.stderr[-3000:]
-  print(f'test accuracy {result.metrics[-1]["eval_accuracy"]:.2%}')
-  print(process.stdout, end='')
-  read = [int(line.split(': ')[1].split()[0])
-          for line in process.stdout.splitlines()]
-  assert sum(d == r for d, r in zip(range(10), read, strict=True)) >= 8, (
-      process.stdout)
+  answers = {}
+  for model in ('export', 'export/model.tflite', 'export/model_int8.tflite'):
+    process = subprocess.run(
+        [sys.executable, '-m', 'mnist_dist.predict',
+         f'--model={os.path.join(workdir, model)}', *names], cwd=tmp_path,
+        capture_output=True, text=True, timeout=300, check=False)
+    assert process.returncode == 0, process.stderr[-3000:]
+    print(f'--model=WORKDIR/{model}:', process.stdout.replace('\n', ' '))
+    answers[model] = process.stdout
+    read = [int(line.split(': ')[1].split()[0])
+            for line in process.stdout.splitlines()]
+    assert sum(d == r for d, r in zip(range(10), read, strict=True)) >= 8, (
+        process.stdout)
+  # The same preprocessing: the float model's answers are the SavedModel's.
+  assert answers['export/model.tflite'] == answers['export']
