@@ -52,11 +52,16 @@ def test_float_and_int8_models_against_the_saved_model(mnist_dir, tmp_path):
   assert int8.accuracy >= floats.accuracy - 0.01
   assert int8.agreement > 0.97
   assert int8.size_bytes < 0.3 * floats.size_bytes
-  # The three weight matrices (2-D, without a batch dimension) are int8.
-  weights = [t for t in Interpreter(model_path=int8.path).get_tensor_details()
+  tensors = Interpreter(model_path=int8.path).get_tensor_details()
+  # The three weight matrices (2-D, without a batch dimension) are int8...
+  weights = [t for t in tensors
              if len(t['shape']) == 2 and -1 not in t['shape_signature']]
   assert len(weights) == 3
   assert all(t['dtype'] == np.int8 for t in weights), weights
+  # ...and so are the activations (a batch dimension) between the layers,
+  # whose ranges the calibration measured.
+  assert sum(t['dtype'] == np.int8 and -1 in t['shape_signature']
+             for t in tensors) >= 3
 
 
 def _untrained_run(workdir):
