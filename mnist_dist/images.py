@@ -81,6 +81,8 @@ def decode(raw: bytes) -> Image.Image:
       # Past twice Pillow's limit (179 million pixels) open() refuses first.
       raise ValueError(
           f'more than the {MAX_PIXELS:,} pixels this reads') from e
+    except Exception as e:  # pylint: disable=broad-except
+      raise _undecodable(e) from e
   width, height = image.size
   if width * height > MAX_PIXELS:
     raise ValueError(f'{width}x{height} pixels: more than the {MAX_PIXELS:,} '
@@ -89,11 +91,16 @@ def decode(raw: bytes) -> Image.Image:
   image.draft(image.mode, (WORKING_SIZE, WORKING_SIZE))
   try:
     image.load()  # The first frame of an animation.
-  # Damaged data raises OSError, SyntaxError, ValueError, EOFError or
-  # struct.error, depending on the format and where the damage is.
   except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(f'cannot decode ({e or type(e).__name__})') from e
+    raise _undecodable(e) from e
   return image
+
+
+def _undecodable(error: Exception) -> ValueError:
+  # Damaged data raises OSError, SyntaxError, ValueError, EOFError,
+  # struct.error..., depending on the format and where the damage is, from
+  # open() (in the header) as from load().
+  return ValueError(f'cannot decode ({error or type(error).__name__})')
 
 
 def grayscale(image: Image.Image) -> np.ndarray:

@@ -279,6 +279,33 @@ def test_every_kind_of_file_reads_as_an_ordinary_picture(hostile_files):
     assert _shift_tolerant_correlation(digit, expected) > minimum, path
 
 
+@pytest.mark.parametrize('image_format', ['PNG', 'JPEG', 'GIF', 'BMP',
+                                          'WEBP'])
+def test_damaged_files_are_refused_in_one_line(image_format):
+  # Cut anywhere, or with bytes changed anywhere: a digit or a ValueError,
+  # which predict prints as one line, never another exception.
+  buffer = io.BytesIO()
+  picture = _draw('4', size=30, ink=(0, 90, 0), paper='white')
+  (picture.convert('P') if image_format == 'GIF' else picture).save(
+      buffer, image_format)
+  whole = buffer.getvalue()
+  rng = np.random.default_rng(0)
+  damaged = [whole[:int(cut)] for cut in np.linspace(1, len(whole) - 1, 150)]
+  for _ in range(150):
+    changed = np.frombuffer(whole, np.uint8).copy()
+    changed[rng.integers(0, len(whole), rng.integers(1, 9))] = rng.integers(
+        0, 256, dtype=np.uint8)
+    damaged.append(changed.tobytes())
+  refused = 0
+  for raw in damaged:
+    try:
+      predict.preprocess(images.decode(raw))
+    except ValueError as e:
+      assert '\n' not in str(e)
+      refused += 1
+  assert refused >= 100  # Most cuts and changes do damage.
+
+
 def test_a_huge_jpeg_is_decoded_at_a_reduced_scale(hostile_files):
   readable, _ = hostile_files
   (path,) = [path for path in readable if path.endswith('huge.jpg')]
