@@ -130,7 +130,6 @@ class Written:
   """A .tflite file the command wrote, and how it does on the test split."""
   path: str
   size_bytes: int
-  quantize: str
   accuracy: float
   saved_model_accuracy: float
   agreement: float  # The share of test images with the SavedModel's digit.
@@ -177,7 +176,7 @@ def write_tflite(workdir: str, *, quantize: str = 'none') -> Written:
         f'digit on only {agreement:.2%} of the {len(test)} test images')
   workdir_lib.write_atomically(path, model)
   return Written(
-      path=path, size_bytes=len(model), quantize=quantize,
+      path=path, size_bytes=len(model),
       accuracy=float(np.mean(classes == test.labels)),
       saved_model_accuracy=float(np.mean(reference == test.labels)),
       agreement=agreement, examples=len(test))
