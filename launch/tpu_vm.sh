@@ -34,16 +34,19 @@
 #   ZONE              default us-central2-b.
 #   ACCELERATOR_TYPE  default v4-8 (one host); e.g. v5litepod-8, v4-32 (a pod
 #                     slice: more than 8 in the name means several hosts).
-#   TF_VERSION        the TensorFlow of the TPU runtime, default 2.17.0.
-#   RUNTIME_VERSION   default tpu-vm-tf-$TF_VERSION-pjrt, or
-#                     tpu-vm-tf-$TF_VERSION-pod-pjrt on a pod slice; v5e and
-#                     v6e may need another one: `gcloud compute tpus tpu-vm
-#                     versions list --zone=ZONE` lists them.
-#   TF_TPU_PIP        the pip arguments that install TensorFlow on the VM:
-#                     the TPU build (default "tensorflow-tpu==$TF_VERSION -f
-#                     https://storage.googleapis.com/libtpu-tf-releases/index.html
-#                     --force-reinstall", as Google's TF-on-TPU CI installs
-#                     it). Set it to "" to keep the runtime image's TensorFlow.
+#   TF_VERSION        the TensorFlow TPU build installed on the VM, default
+#                     2.19.1: the last one Keras' own TPU requirements pin;
+#                     it pins its libtpu (0.0.10), and CI tests TensorFlow
+#                     2.19.1 (.ci/run). 2.20.0 asks for any libtpu ~=0.0.14,
+#                     which pip resolves to the newest: untested pairs.
+#   RUNTIME_VERSION   the VM image, default the plain one Google names for
+#                     the TPU generation (TensorFlow images stop at 2.18):
+#                     tpu-ubuntu2204-base up to v4, v2-alpha-tpuv5-lite (v5e),
+#                     v2-alpha-tpuv5 (v5p), v2-alpha-tpuv6e (v6e).
+#   TF_TPU_PIP        the pip arguments that install TensorFlow on the VM
+#                     (default "tensorflow-tpu==$TF_VERSION", from PyPI).
+#                     Set it to "" to keep an image's own TensorFlow, e.g.
+#                     with RUNTIME_VERSION=tpu-vm-tf-2.18.0-pjrt.
 #   POD               1 on a pod slice, 0 on one host (default: from the name).
 #   WORKDIR           default gs://BUCKET/mnist_dist/NAME. Must be gs://: the
 #                     TPU hosts (all of them, on a pod) write it.
@@ -82,9 +85,8 @@ require PROJECT 'export PROJECT=your-gcp-project'
 NAME=${NAME:-mnist-dist-tpu}
 ZONE=${ZONE:-us-central2-b}
 ACCELERATOR_TYPE=${ACCELERATOR_TYPE:-v4-8}
-TF_VERSION=${TF_VERSION:-2.17.0}
-TF_TPU_FIND_LINKS=https://storage.googleapis.com/libtpu-tf-releases/index.html
-TF_TPU_PIP=${TF_TPU_PIP-tensorflow-tpu==$TF_VERSION -f $TF_TPU_FIND_LINKS --force-reinstall}
+TF_VERSION=${TF_VERSION:-2.19.1}
+TF_TPU_PIP=${TF_TPU_PIP-tensorflow-tpu==$TF_VERSION}
 KEEP_VM=${KEEP_VM:-0}
 SPOT=${SPOT:-0}
 TRAIN_ENV=${TRAIN_ENV:-}
@@ -102,11 +104,15 @@ if [[ -z ${POD:-} ]]; then
   ((BASH_REMATCH[1] > 8)) && POD=1
 fi
 [[ $POD == 0 || $POD == 1 ]] || die "POD=$POD must be 0 or 1"
+case $ACCELERATOR_TYPE in
+  v5litepod-* | v5e-*) RUNTIME_VERSION=${RUNTIME_VERSION:-v2-alpha-tpuv5-lite} ;;
+  v5p-*) RUNTIME_VERSION=${RUNTIME_VERSION:-v2-alpha-tpuv5} ;;
+  v6e-*) RUNTIME_VERSION=${RUNTIME_VERSION:-v2-alpha-tpuv6e} ;;
+  *) RUNTIME_VERSION=${RUNTIME_VERSION:-tpu-ubuntu2204-base} ;;
+esac
 if [[ $POD == 1 ]]; then
-  RUNTIME_VERSION=${RUNTIME_VERSION:-tpu-vm-tf-$TF_VERSION-pod-pjrt}
   TRAIN_WORKER=${TRAIN_WORKER:-0}
 else
-  RUNTIME_VERSION=${RUNTIME_VERSION:-tpu-vm-tf-$TF_VERSION-pjrt}
   TRAIN_WORKER=${TRAIN_WORKER:-all}
 fi
 

@@ -3,7 +3,7 @@
 # TPU VM, over `gcloud compute tpus tpu-vm ssh`, from the copied repo. Not for
 # local use; costs nothing by itself.
 #
-#   TF_TPU_PIP="tensorflow-tpu==2.17.0 -f URL" bash launch/tpu_vm_remote.sh install
+#   TF_TPU_PIP="tensorflow-tpu==2.19.1" bash launch/tpu_vm_remote.sh install
 #   [TPU_POD=1] bash launch/tpu_vm_remote.sh train TRAINER ARGS...
 #
 # install: pip-installs the TPU build of TensorFlow (TF_TPU_PIP, word-split into

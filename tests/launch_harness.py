@@ -100,7 +100,7 @@ class Env:
 
   def run(self, command, args=(), cwd=ROOT, **overrides):
     return subprocess.run([command, *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=120, env=self.environ(**overrides))
+                          text=True, timeout=600, env=self.environ(**overrides))
 
   def calls(self, prog=None):
     if not self.log.exists():

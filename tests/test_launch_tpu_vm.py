@@ -15,7 +15,6 @@ from launch_harness import LAUNCH, TRICKY_ARG, dry_run_commands, option
 
 TPU_VM = os.path.join(LAUNCH, 'tpu_vm.sh')
 REMOTE = os.path.join(LAUNCH, 'tpu_vm_remote.sh')
-TF_TPU_FIND_LINKS = 'https://storage.googleapis.com/libtpu-tf-releases/index.html'
 
 TPU_ENV = dict(PROJECT='my-proj', BUCKET='gs://my-bucket/', NAME='mnist-test',
                ZONE='europe-west4-a', ACCELERATOR_TYPE='v5litepod-8',
@@ -68,7 +67,7 @@ def check_tpu_commands(commands, tmp, out_dir, **kwargs):
       'rm', '-rf', 'mnist_dist', '&&', 'mkdir', 'mnist_dist', '&&', 'tar',
       '-xzf', 'mnist_dist.tar.gz', '-C', 'mnist_dist', '&&', 'cd',
       'mnist_dist', '&&',
-      f'TF_TPU_PIP=tensorflow-tpu==2.18.0 -f {TF_TPU_FIND_LINKS} --force-reinstall',
+      'TF_TPU_PIP=tensorflow-tpu==2.18.0',
       'bash',
       'launch/tpu_vm_remote.sh', 'install']
   if train is not None:
@@ -213,6 +212,26 @@ def test_tpu_vm_refuses_a_missing_or_bad_variable(env, drop, overrides, message)
   assert env.calls() == []
 
 
+@pytest.mark.parametrize('accelerator,image', [
+    ('v4-8', 'tpu-ubuntu2204-base'), ('v4-32', 'tpu-ubuntu2204-base'),
+    ('v5litepod-8', 'v2-alpha-tpuv5-lite'), ('v5p-8', 'v2-alpha-tpuv5'),
+    ('v6e-8', 'v2-alpha-tpuv6e')])
+def test_tpu_vm_installs_a_tensorflow_ci_tests_on_a_plain_image(
+    env, accelerator, image):
+  process = env.run(TPU_VM, [], DRY_RUN=1, PROJECT='p', BUCKET='b',
+                    ACCELERATOR_TYPE=accelerator, DATA_DIR='gs://b/mnist')
+  assert process.returncode == 0, process.stderr
+  commands = dry_run_commands(process.stdout)
+  create = [c for c in commands if 'create' in c][0]
+  assert f'--version={image}' in create
+  install = shlex.split(option([c for c in commands if 'ssh' in c][0],
+                               'command'))
+  assert 'TF_TPU_PIP=tensorflow-tpu==2.19.1' in install
+  # The same TensorFlow release is one CI installs and tests (CPU build).
+  with open(os.path.join(ROOT, '.ci', 'run')) as ci:
+    assert "'tensorflow==2.19.1'" in ci.read()
+
+
 def test_tpu_vm_pod_slice_runs_the_trainer_on_worker_0(env):
   process = env.run(TPU_VM, ['--config=configs/conv.py'], DRY_RUN=1,
                     PROJECT='p', BUCKET='b', ACCELERATOR_TYPE='v4-32',
@@ -220,7 +239,7 @@ def test_tpu_vm_pod_slice_runs_the_trainer_on_worker_0(env):
   assert process.returncode == 0, process.stderr
   commands = dry_run_commands(process.stdout)
   create = [c for c in commands if 'create' in c][0]
-  assert '--version=tpu-vm-tf-2.17.0-pod-pjrt' in create and '--spot' in create
+  assert '--version=tpu-ubuntu2204-base' in create and '--spot' in create
   ssh = [c for c in commands if 'ssh' in c]
   assert [option(c, 'worker') for c in ssh] == ['all', '0']
   train = shlex.split(option(ssh[1], 'command'))
@@ -235,7 +254,7 @@ def test_tpu_vm_pod_slice_runs_the_trainer_on_worker_0(env):
 # --- launch/tpu_vm_remote.sh (what runs on the VM) ---
 
 def test_tpu_vm_remote_install_keeps_the_tpu_build_of_tensorflow(env):
-  pip = f'tensorflow-tpu==2.17.0 -f {TF_TPU_FIND_LINKS} --force-reinstall'
+  pip = 'tensorflow-tpu==2.19.1 --no-cache-dir'
   process = env.run('bash', [REMOTE, 'install'], cwd=env.tmp,
                     PYTHON=env.bin / 'fakepython', TF_TPU_PIP=pip)
   assert process.returncode == 0, process.stderr

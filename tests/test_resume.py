@@ -150,12 +150,37 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   assert tf.train.latest_checkpoint(str(tmp_path / 'checkpoints')) == good
 
 
-def test_nonfinite_steps_can_be_skipped_and_counted(tmp_path):
-  result = train.train_and_evaluate(_absurd_lr(tmp_path, 'skip'), str(tmp_path))
-  (record,) = result.metrics
-  assert record['epoch'] == 2 and record['step'] == 32
-  assert 0 < record['nonfinite_steps'] <= 16
-  assert all(np.isfinite(w).all() for w in result.model.get_weights())
+def test_nonfinite_steps_are_skipped_on_every_replica_the_others_train(
+    tmp_path):
+  # Epoch 2's learning rate of 1e30 blows the weights up within a few steps:
+  # its first step trains, the next ones overflow and must be skipped. On
+  # 2 replicas a step is skipped on both or on neither, so 1 and 2 replicas
+  # skip the same steps and end with the same (finite) weights.
+  outcomes = []
+  for replicas in (1, 2):
+    workdir = str(tmp_path / str(replicas))
+    devices = {'distribution.cpu_devices': replicas if replicas > 1 else 0}
+    good = train.train_and_evaluate(
+        _config(tmp_path, **{'optimizer.name': 'sgd', **devices}), workdir)
+    result = train.train_and_evaluate(_config(tmp_path, **{
+        'optimizer.name': 'sgd', 'optimizer.learning_rate': 1e30,
+        'train.epochs': 2, 'train.on_nonfinite_loss': 'skip', **devices}),
+                                      workdir)
+    (record,) = result.metrics
+    assert record['epoch'] == 2 and record['step'] == 32
+    # Some steps skipped, and not all: the finite ones trained.
+    assert 0 < record['nonfinite_steps'] < 16
+    weights = result.model.get_weights()
+    assert all(np.isfinite(w).all() for w in weights)
+    assert not all(np.array_equal(before, after) for before, after
+                   in zip(good.model.get_weights(), weights, strict=True))
+    outcomes.append((record['nonfinite_steps'], weights))
+  (skipped_1, weights_1), (skipped_2, weights_2) = outcomes
+  assert skipped_1 == skipped_2
+  # Relative to each tensor's scale (1e24 after the blow-up): elements that
+  # the summation order leaves near 0 differ more in relative terms.
+  for one, two in zip(weights_1, weights_2, strict=True):
+    assert np.abs(one - two).max() <= 1e-4 * np.abs(two).max()
 
 
 def test_nonfinite_loss_exit_code_through_the_entry_point(tmp_path):
