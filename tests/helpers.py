@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from mnist_dist import config as config_lib
@@ -41,6 +42,13 @@ def small_config(overrides=None):
       node = node[section]
     node[name] = value
   return config
+
+
+def slow_after(count, cases):
+  """parametrize cases: the first `count` in the quick suite, the others
+  marked slow (for cases that each start a trainer process)."""
+  return [case if i < count else pytest.param(*case, marks=pytest.mark.slow)
+          for i, case in enumerate(cases)]
 
 
 def run_main(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

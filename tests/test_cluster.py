@@ -24,6 +24,9 @@ from helpers import checkpoint_variables
 from helpers import finished_state
 from helpers import run_main
 
+# Real clusters of worker processes: 10 to 50 s each.
+pytestmark = pytest.mark.slow
+
 LAUNCHER = os.path.join(ROOT, 'launch', 'local_cluster.py')
 EXIT_STOPPED, EXIT_WORKER_LOST = 75, 76
 
@@ -213,7 +216,6 @@ def test_ctrl_c_saves_one_checkpoint_and_exits_75(tmp_path):
   assert 'killed' not in after and 'SIGKILL' not in after
 
 
-@pytest.mark.slow
 def test_two_workers_match_one_process_over_two_devices(tmp_path, mnist_dir):
   # 468 steps of the dense config on the real MNIST, global batch 128.
   common = ['--config=configs/dense.py', f'--config.data.dir={mnist_dir}',

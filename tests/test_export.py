@@ -52,6 +52,7 @@ def _trained_looking_model(cpu_devices):
 
 
 @pytest.mark.parametrize('cpu_devices', [0, 2])
+@pytest.mark.slow  # Fresh processes that load TensorFlow: ~20 s each.
 def test_plain_tensorflow_reproduces_the_model(tmp_path, cpu_devices):
   model = _trained_looking_model(cpu_devices)
   export_dir = str(tmp_path / 'export')
@@ -93,6 +94,7 @@ def test_load_predict_fn_batches_and_returns_numpy(tmp_path):
   np.testing.assert_array_equal(classes, np.argmax(probabilities, axis=-1))
 
 
+@pytest.mark.slow  # saved_model_cli loads TensorFlow in a process of its own.
 def test_saved_model_cli_describes_the_signature(tmp_path):
   export.export_saved_model(_trained_looking_model(0), str(tmp_path))
   process = subprocess.run(

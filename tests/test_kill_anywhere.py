@@ -118,6 +118,7 @@ def _check_kill_at(phase, fraction, workdir, uninterrupted):
     np.testing.assert_array_equal(weights[name], value, err_msg=name)
 
 
+@pytest.mark.slow  # Three kills and restarts of a real run: about a minute.
 @pytest.mark.parametrize('phase, fraction', [
     ('train', 0.5), ('export', 0.5), ('plots', 0.5)])
 def test_killed_at_a_few_points_resumes_exactly(tmp_path, uninterrupted,

@@ -4,6 +4,8 @@ launch_harness.py)."""
 import os
 import sys
 
+import pytest
+
 from helpers import ROOT
 from launch_harness import LAUNCH, TRICKY_ARG, dry_run_commands
 
@@ -48,6 +50,7 @@ def test_multi_gpu_refuses_bad_gpus(env):
   assert 'multi_gpu.sh: error: GPUS=first,second' in process.stderr
 
 
+@pytest.mark.slow  # A real (short) training run.
 def test_multi_gpu_command_is_accepted_by_the_trainer(env, tmp_path):
   """The real entry point parses the flags in the order the script gives."""
   process = env.run(MULTI_GPU, [f'--workdir={tmp_path}/w',

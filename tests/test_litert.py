@@ -18,6 +18,7 @@ from mnist_dist import train
 from mnist_dist import workdir as workdir_lib
 
 
+@pytest.mark.slow  # Trains on real digits.
 def test_float_and_int8_models_against_the_saved_model(mnist_dir, tmp_path):
   # dense, one epoch on 6,000 real training images (~92%).
   config = load_config('dense')

@@ -19,6 +19,7 @@ import pytest
 
 from helpers import ROOT
 from helpers import run_main
+from helpers import slow_after
 from helpers import write_idx
 from mnist_dist import idx
 from mnist_dist import console
@@ -50,7 +51,7 @@ def test_conv_bn_one_epoch_on_real_mnist(tmp_path, mnist_dir):
   assert 'step 937/937 epoch 1/1' in loop_lines[-1] and 'ETA' in loop_lines[-1]
 
 
-@pytest.mark.parametrize('args,message', [
+@pytest.mark.parametrize('args,message', slow_after(2, [
     (['--config.data.dir=/nonexistent/mnist'],
      '/nonexistent/mnist: no such folder'),
     (['--config.model.name=resnet'], "model.name='resnet' is not one of"),
@@ -63,7 +64,7 @@ def test_conv_bn_one_epoch_on_real_mnist(tmp_path, mnist_dir):
      'unknown config key \'epoch\' Did you mean "epochs"'),
     (['--config=configs/nope.py'], "No such file or directory: 'configs/nope.py'"),
     (['--config.data.dir=nosuch://bucket/mnist'], 'nosuch://bucket/mnist'),
-])
+]))
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, args, message):
   process = run_main(f'--workdir={tmp_path}', *args, timeout=120)
   assert process.returncode == 2, process.stderr[-2000:]
@@ -72,7 +73,7 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, args, message):
   assert 'Traceback' not in process.stderr
 
 
-@pytest.mark.parametrize('file,array,magic,message', [
+@pytest.mark.parametrize('file,array,magic,message', slow_after(1, [
     (idx.FILES['test'][1], np.zeros((4, 28, 28)), idx.IMAGES_MAGIC,
      'wrong magic number 2051'),
     (idx.FILES['test'][1], np.zeros(3), idx.LABELS_MAGIC,
@@ -81,7 +82,7 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, args, message):
      'label 10 at index 2 is outside 0..9'),
     (idx.FILES['train'][0], np.zeros((6, 28, 27)), idx.IMAGES_MAGIC,
      'images are 28x27, expected 28x28'),
-])
+]))
 def test_bad_data_is_named_before_training(tmp_path, good_dir, file, array,
                                            magic, message):
   for stale in (file, file + '.gz'):

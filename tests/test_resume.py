@@ -49,6 +49,7 @@ def _wait_for_line(process, needle, timeout=120):
 @pytest.mark.parametrize('extras', [(), (
     '--config.data.augment.max_shift=2', '--config.data.augment.max_rotation=10',
     '--config.train.ema_decay=0.9')])
+@pytest.mark.slow  # Three trainer processes.
 def test_sigterm_then_resume_lands_where_an_uninterrupted_run_does(tmp_path,
                                                                    extras):
   uninterrupted = _start(tmp_path / 'straight', *extras)
@@ -80,6 +81,7 @@ def test_sigterm_then_resume_lands_where_an_uninterrupted_run_does(tmp_path,
       assert record[key] == pytest.approx(value, rel=1e-6), key
 
 
+@pytest.mark.slow  # A trainer process.
 def test_second_signal_exits_at_once(tmp_path):
   # Loops of 32 conv_bn steps (a second or more): the second SIGTERM comes
   # while the first still waits for its loop to end.
@@ -183,6 +185,7 @@ def test_nonfinite_steps_are_skipped_on_every_replica_the_others_train(
     assert np.abs(one - two).max() <= 1e-4 * np.abs(two).max()
 
 
+@pytest.mark.slow  # A trainer process.
 def test_nonfinite_loss_exit_code_through_the_entry_point(tmp_path):
   process = subprocess.run(
       [sys.executable, '-m', 'mnist_dist.main', f'--workdir={tmp_path}',

@@ -119,6 +119,7 @@ def _not_mnist_in_the_manual_folder(tfds_dir):
     (manual / (name + '.gz')).write_bytes(b'not MNIST')
 
 
+@pytest.mark.slow  # TFDS's builder in a trainer process.
 def test_a_tfds_failure_is_one_line_and_exit_code_2(tmp_path):
   _not_mnist_in_the_manual_folder(tmp_path / 'tfds')
   process = run_main(f'--workdir={tmp_path / "run"}',

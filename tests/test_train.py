@@ -113,6 +113,7 @@ def _relative_differences(one, two):
           for w1, w2 in zip(_weights(one), _weights(two), strict=True)]
 
 
+@pytest.mark.slow  # Real digits.
 def test_synchronized_batch_norm_is_replica_agnostic(tmp_path, mnist_dir):
   overrides = _real_conv_bn(mnist_dir, sync_batch_norm=True)
   one = _run(tmp_path / '1', overrides)
@@ -120,6 +121,7 @@ def test_synchronized_batch_norm_is_replica_agnostic(tmp_path, mnist_dir):
   assert max(_relative_differences(one, two)) < 2e-3
 
 
+@pytest.mark.slow  # Real digits.
 def test_unsynchronized_batch_norm_differs_across_replicas(tmp_path,
                                                            mnist_dir):
   # The counterpart of the test above: per-replica statistics must change the
@@ -176,6 +178,7 @@ def test_eval_sees_each_test_example_once_by_content(tmp_path, monkeypatch):
                                                            abs=0.01)
 
 
+@pytest.mark.slow  # A process of its own, for a third logical CPU split.
 def test_eval_counts_every_test_example_once_on_three_replicas(tmp_path):
   config = small_config({**_EVAL_10K, 'distribution.cpu_devices': 3})
   process = run_main(f'--workdir={tmp_path}', *(

@@ -126,7 +126,10 @@ def _train(case, *, whole_step_xla):
                   if name not in poisoned}
 
 
-@pytest.mark.parametrize('case', CASES)
+# All the options at once is the quick case; each alone is a slow one.
+@pytest.mark.parametrize('case', [
+    pytest.param(case, marks=[] if case == 'all_but_adam' else pytest.mark.slow)
+    for case in CASES])
 def test_train_step_compiles_whole_and_agrees_without_xla(case):
   with_xla, with_xla_moves = _train(case, whole_step_xla=True)
   without, without_moves = _train(case, whole_step_xla=False)
