@@ -122,6 +122,10 @@ def default_config() -> ml_collections.ConfigDict:
   config.outputs.tensorboard = True  # WORKDIR/tensorboard/{train,eval}
   config.outputs.saved_model = True  # WORKDIR/export, at the end
   config.outputs.plots = True  # WORKDIR/plots/*.png, at the end
+  # WORKDIR/export/model.tflite and model_int8.tflite, from the SavedModel at
+  # the end, each checked on the test set (as mnist-dist-export does).
+  config.outputs.litert = False
+  config.outputs.litert_int8 = False
 
   config.distribution = ml_collections.ConfigDict()
   config.distribution.strategy = 'auto'
@@ -229,6 +233,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         '[0, 1] (0: never stop early)')
   if config.data.train_examples < 0:
     raise ConfigError('data.train_examples must be >= 0 (0: all)')
+  if (config.outputs.litert or config.outputs.litert_int8) and not (
+      config.outputs.saved_model):
+    raise ConfigError('outputs.litert and outputs.litert_int8 convert the '
+                      'SavedModel: they need outputs.saved_model=True')
   if config.distribution.cpu_devices < 0:
     raise ConfigError('distribution.cpu_devices must be >= 0')
   if config.distribution.cpu_devices and config.distribution.strategy not in (

@@ -36,6 +36,7 @@ from mnist_dist import config as config_lib
 from mnist_dist import export
 from mnist_dist import input_pipeline
 from mnist_dist import interrupts
+from mnist_dist import litert
 from mnist_dist import models
 from mnist_dist import optimizers
 from mnist_dist import plots
@@ -495,6 +496,23 @@ def _export(run: Run) -> None:
   logging.info('Exported the model to %s', final)
 
 
+def _write_tflite(run: Run, state: TrainState) -> None:
+  """The LiteRT models outputs.litert and litert_int8 ask for, if new or
+  missing. One that fails its check on the test set is not written: the
+  SavedModel is there, the run has succeeded, and a warning says why."""
+  asked = {'none': run.config.outputs.litert,
+           'int8': run.config.outputs.litert_int8}
+  export_dir = workdir_lib.path(run.workdir, workdir_lib.EXPORT)
+  for quantize in (q for q, wanted in asked.items() if wanted):
+    path = f'{export_dir}/{litert.FILE_NAMES[quantize]}'
+    if state.records or not tf.io.gfile.exists(path):
+      try:
+        logging.info('Wrote %s', litert.write_tflite(run.workdir,
+                                                    quantize=quantize))
+      except ValueError as e:
+        logging.warning('%s', e)
+
+
 def finish(run: Run, state: TrainState) -> None:
   """Closes the summaries, then exports and plots what is new or missing.
 
@@ -510,6 +528,8 @@ def finish(run: Run, state: TrainState) -> None:
       state.records or not tf.io.gfile.exists(
           workdir_lib.path(run.workdir, workdir_lib.EXPORT))):
     _export(run)
+  if run.chief:
+    _write_tflite(run, state)
   if run.chief and run.config.outputs.plots and (
       state.records or plots.missing(run.workdir)):
     written = plots.make_all(run.workdir)

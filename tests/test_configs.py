@@ -76,9 +76,11 @@ def test_logits_stay_float32_under_mixed_precision():
     ('train.ema_decay', 1.0, 'train.ema_decay=1.0 must be in'),
     ('optimizer.schedule', 'step', "optimizer.schedule='step' is not one of"),
     ('optimizer.warmup_epochs', 1.0, 'is for optimizer.schedule=cosine'),
+    ('outputs.saved_model', False, 'need outputs.saved_model=True'),
 ])
 def test_bad_values_are_refused_by_name(key, value, message):
   config = config_lib.default_config()
+  config.outputs.litert = True  # Refused only with saved_model=False.
   *sections, name = key.split('.')
   node = config
   for section in sections:
@@ -134,6 +136,14 @@ def test_fast_config_is_chosen_on_a_validation_split():
   assert config.model.name == 'conv_bn' and config.train.epochs == 1
   assert config.data.validation_split == 5000
   assert not config.optimizer.staircase
+
+
+def test_fast_995_config_is_chosen_on_a_validation_split():
+  config = load_config('fast_995')
+  config_lib.validate(config)
+  assert config.model.name == 'conv_bn' and config.train.epochs == 4
+  assert config.data.validation_split == 5000
+  assert config.train.precision == 'mixed_bfloat16'
 
 
 def test_width_is_only_for_the_conv_models():

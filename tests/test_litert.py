@@ -27,9 +27,15 @@ def test_float_and_int8_models_against_the_saved_model(mnist_dir, tmp_path):
   config.train.epochs = 1
   config.outputs.tensorboard = False
   config.outputs.plots = False
+  config.outputs.litert = config.outputs.litert_int8 = True
   workdir = str(tmp_path / 'run')
   train.train_and_evaluate(config, workdir)
   export_dir = os.path.join(workdir, 'export')
+  # The run wrote both at its end (outputs.litert, outputs.litert_int8); the
+  # command, below, writes them again and says how they do.
+  assert sorted(name for name in os.listdir(export_dir)
+                if name.endswith('.tflite')) == ['model.tflite',
+                                                 'model_int8.tflite']
 
   floats = litert.write_tflite(workdir)
   assert floats.path == os.path.join(export_dir, 'model.tflite')
