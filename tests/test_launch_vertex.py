@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import yaml
 
-from helpers import ROOT, run_main
+from helpers import ROOT, run_main, slow_after
 from launch_harness import LAUNCH, TRICKY_ARG, dry_run_commands
 
 VERTEX = os.path.join(LAUNCH, 'vertex.sh')
@@ -147,12 +147,12 @@ def test_vertex_trial_wrapper_takes_the_trial_from_aip_model_dir(env):
   assert argv[-1] == f'--workdir={STAGING}/workdir/trial_7'
 
 
-@pytest.mark.parametrize('hyperparameters,message', [
+@pytest.mark.parametrize('hyperparameters,message', slow_after(1, [
     (['--optimizer.learning_rate=-0.5', '--optimizer.decay_rate', '0.7'],
      'optimizer.learning_rate=-0.5 must be a positive number'),
     (['--optimizer.learning_rate=0.01', '--optimizer.decay_rate', '0.0'],
      'optimizer.decay_rate=0.0 must be a positive number'),
-])
+]))
 def test_vertex_trial_arguments_reach_the_trainers_config(
     env, tmp_path, hyperparameters, message):
   """The real entry point applies both forms (out-of-range values show it)."""

@@ -137,6 +137,7 @@ def test_a_run_prints_its_own_lines_only(tmp_path):
   assert any(line[9:].startswith('eval epoch 1: loss ') for line in lines)
 
 
+@pytest.mark.slow  # A trainer process.
 def test_tf_logs_shows_tensorflows_lines_too(tmp_path):
   process = _run(f'--workdir={tmp_path}', *_SMALL_RUN, '--tf_logs')
   assert process.returncode == 0, process.stderr[-3000:]
@@ -175,6 +176,7 @@ def _run_on_a_terminal(*args, timeout=300) -> tuple[int, str]:
   return process.wait(timeout=60), output.decode()
 
 
+@pytest.mark.slow  # A trainer process.
 def test_a_terminal_shows_a_progress_bar(tmp_path):
   code, output = _run_on_a_terminal(f'--workdir={tmp_path}', *_SMALL_RUN)
   assert code == 0, output[-3000:]

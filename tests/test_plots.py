@@ -106,6 +106,7 @@ def test_confusion_matrix_counts_every_test_digit(test_split, tmp_path):
                                 np.bincount(classes, minlength=10))
 
 
+@pytest.mark.slow  # A process that loads TensorFlow.
 def test_command_line_regenerates_from_the_workdir(workdir):
   shutil.rmtree(workdir / 'plots', ignore_errors=True)
   process = subprocess.run(

@@ -387,6 +387,7 @@ _REMOTE_CAUSES = ('cannot reach the store (network or DNS)',
                   'access denied (credentials or permissions)', 'not found')
 
 
+@pytest.mark.slow  # A process that loads TensorFlow.
 def test_an_unreachable_remote_image_or_model_is_one_line(export_dir,
                                                           tmp_path):
   three = _write_images(tmp_path)['three.png']

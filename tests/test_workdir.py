@@ -61,6 +61,7 @@ def test_config_json_is_replaced_whole(tmp_path, monkeypatch):
   assert (tmp_path / 'f').read_text() == 'old'
 
 
+@pytest.mark.slow  # Two trainer processes.
 def test_a_second_trainer_is_refused_while_the_first_holds_the_workdir(
     tmp_path):
   first = subprocess.Popen(
@@ -116,6 +117,7 @@ def test_a_live_lock_of_another_machine_is_respected(tmp_path):
   assert (tmp_path / workdir_lib.LOCK).exists()  # Not ours to remove.
 
 
+@pytest.mark.slow  # Two runs, an export and plots.
 def test_a_finished_run_makes_a_missing_export_and_plots_untrained(tmp_path):
   config = _dense(**{'outputs.saved_model': True, 'outputs.plots': True})
   train.train_and_evaluate(config, str(tmp_path))
@@ -182,6 +184,7 @@ def _loss_scale(workdir):
           if name.startswith('loss_scale/')}
 
 
+@pytest.mark.slow  # float16 on a CPU: no native kernels.
 def test_a_mixed_float16_run_resumes_with_its_loss_scale(tmp_path):
   config = {'train.precision': 'mixed_float16', 'train.epochs': 2}
   straight = train.train_and_evaluate(_dense(**config), str(tmp_path / 'a'))
