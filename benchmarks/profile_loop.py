@@ -12,12 +12,23 @@ Times, per step and after a warm-up, on the trainer's own code:
            time minus one compute step, paid once per steps_per_loop steps.
 The input share of the full step is (full - compute) / full.
 
+With --ops=N, also the N op types with the most time in the full loop, from
+TensorFlow's profiler: each type's own time per step and its share of the
+time all ops took (ops can overlap on the CPU's threads, so the shares, not
+the sums, are what to read). Convolutions and matrix products are
+compute-bound kernels; the element-wise ops (batch norm's, the relu's, casts,
+the optimizer's update) are memory-bound: their share says how much of a
+step is not arithmetic.
+
 The run is built by the trainer's own `train.build_run` (in a temporary
 workdir, with the outputs off): the same strategy, data, device settings,
 model, optimizer and compiled loop as `python -m mnist_dist.main`.
 """
 
 import functools
+import glob
+import json
+import os
 import tempfile
 import time
 
@@ -25,6 +36,9 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 import tensorflow as tf
+# The profiler's own conversion of a trace to its per-op table (the one
+# TensorBoard's profile plugin shows), reached through TensorFlow's binding.
+from tensorflow.python.profiler.internal import _pywrap_profiler_plugin
 
 from benchmarks import runner
 from mnist_dist import input_pipeline
@@ -32,6 +46,8 @@ from mnist_dist import train
 
 config_flags.DEFINE_config_file('config', None, 'A config of configs/.')
 _STEPS = flags.DEFINE_integer('steps', 300, 'Steps timed per measurement.')
+_OPS = flags.DEFINE_integer('ops', 0, 'N > 0: also print the N op types '
+                            'with the most time in the full loop.')
 
 
 def _per_step_s(fn, num_steps: int) -> float:
@@ -41,8 +57,29 @@ def _per_step_s(fn, num_steps: int) -> float:
   return (time.perf_counter() - start) / num_steps
 
 
-def _profile(run: train.Run) -> dict[str, float]:
-  """{measurement: seconds per step} of the run's loop and input."""
+def _op_seconds(loop, num_steps: int) -> dict[str, float]:
+  """{op type: its own seconds per step}, most first, over loop(num_steps)."""
+  logdir = tempfile.mkdtemp()
+  tf.profiler.experimental.start(logdir)
+  loop(num_steps)
+  tf.profiler.experimental.stop()
+  trace = glob.glob(os.path.join(logdir, '**', '*.xplane.pb'), recursive=True)
+  data, _ = _pywrap_profiler_plugin.xspace_to_tools_data(
+      trace, 'framework_op_stats', {})
+  table = json.loads(data)[0]
+  columns = [column['id'] for column in table['cols']]
+  seconds = {}
+  for row in table['rows']:
+    cells = dict(zip(columns, (cell and cell.get('v') for cell in row['c'])))
+    if cells['type'] != 'IDLE':
+      seconds[cells['type']] = (seconds.get(cells['type'], 0.0) +
+                                cells['total_self_time'] / 1e6 / num_steps)
+  return dict(sorted(seconds.items(), key=lambda item: -item[1]))
+
+
+def _profile(run: train.Run) -> tuple[dict[str, float], dict[str, float]]:
+  """{measurement: seconds per step} of the run's loop and input, and with
+  --ops, _op_seconds of the full loop."""
   strategy, config = run.strategy, run.config
   dataset_fn = functools.partial(
       input_pipeline.train_dataset, split=run.splits['train'],
@@ -71,7 +108,9 @@ def _profile(run: train.Run) -> dict[str, float]:
   one_call = _per_step_s(lambda n: [train_steps(fixed, 1) for _ in range(n)],
                          100)
   timings['host'] = one_call - timings['compute']
-  return timings
+  ops = _op_seconds(functools.partial(train_steps, real),
+                    _STEPS.value) if _OPS.value else {}
+  return timings, ops
 
 
 def main(argv):
@@ -83,7 +122,7 @@ def main(argv):
   config.outputs.plots = False
   with tempfile.TemporaryDirectory() as workdir:
     run = train.build_run(config, workdir)
-    timings = _profile(run)
+    timings, ops = _profile(run)
   settings = run.settings
   print(f'{config.model.name}, global batch {config.train.global_batch_size}, '
         f'precision {settings.precision}, loops of {settings.steps_per_loop}:')
@@ -94,6 +133,12 @@ def main(argv):
         f'loop call: {1e3 * timings["host"]:.3f} ms '
         f'({timings["host"] / settings.steps_per_loop / timings["full"]:.2%} '
         'of the steps it drives)')
+  if ops:
+    print('op types with the most time in the full loop (ms per step, share '
+          'of all ops\' time):')
+    total = sum(ops.values())
+    for name, seconds in list(ops.items())[:_OPS.value]:
+      print(f'  {name:32s} {1e3 * seconds:8.3f} {seconds / total:6.1%}')
 
 
 if __name__ == '__main__':

@@ -7,6 +7,7 @@ another's TensorFlow state.
 """
 
 import dataclasses
+import glob
 import json
 import os
 import platform
@@ -16,8 +17,10 @@ import sys
 import time
 
 from absl import flags
+import tensorflow as tf
 
 from mnist_dist import reporting
+from mnist_dist import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The codelab's ladder of models, from a 1-layer softmax net to conv + batch
@@ -48,13 +51,16 @@ class Process:
   log: str  # Its stderr ('' when it went to the terminal).
 
 
-def run_python(*args: str, show_log: bool = False) -> Process:
+def run_python(*args: str, show_log: bool = False,
+               env: dict[str, str] | None = None) -> Process:
   """Runs `python ARGS` from the repository's root; raises if it fails.
 
   show_log: let its log go to the terminal as it runs, instead of keeping it.
+  env: environment variables to set for it, over this process's.
   """
   start = time.time()
   process = subprocess.run([sys.executable, *args], cwd=ROOT, text=True,
+                           env={**os.environ, **(env or {})},
                            stdout=None if show_log else subprocess.DEVNULL,
                            stderr=None if show_log else subprocess.PIPE,
                            check=False)
@@ -67,17 +73,19 @@ def run_python(*args: str, show_log: bool = False) -> Process:
 
 
 def run_trainer(config: str, workdir: str, *config_flags: str,
-                show_log: bool = False) -> tuple[Process, list[dict]]:
+                show_log: bool = False, env: dict[str, str] | None = None
+                ) -> tuple[Process, list[dict]]:
   """`python -m mnist_dist.main` for configs/CONFIG.py in a new WORKDIR.
 
   config_flags: --config.a.b=value overrides, after --config.data.dir=
-  --data_dir. Returns the process and its metrics.jsonl records.
+  --data_dir. env: as for run_python. Returns the process and its
+  metrics.jsonl records.
   """
   shutil.rmtree(workdir, ignore_errors=True)  # A new run, not a resumed one.
   process = run_python('-m', 'mnist_dist.main', f'--config={config_path(config)}',
                        f'--workdir={workdir}',
                        f'--config.data.dir={DATA_DIR.value}', *config_flags,
-                       show_log=show_log)
+                       show_log=show_log, env=env)
   return process, reporting.read_metrics(workdir)
 
 
@@ -98,11 +106,57 @@ def run_codelab_fit(config: str, out_file: str,
     return process, [json.loads(line) for line in f]
 
 
+def loop_end_times(workdir: str) -> list[float]:
+  """Unix times at which the run's training loops ended, oldest first.
+
+  Read from its TensorBoard training events, which the trainer writes after
+  every loop, to the microsecond (its log lines carry whole seconds only);
+  [] with outputs.tensorboard off.
+  """
+  pattern = os.path.join(workdir_lib.path(workdir, workdir_lib.TENSORBOARD),
+                         'train', 'events.*')
+  times = {}
+  for path in glob.glob(pattern):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      if event.step > 0:  # Step 0 holds the config, written at set-up.
+        times.setdefault(event.step, event.wall_time)
+  return [times[step] for step in sorted(times)]
+
+
+# CPU features that decide the bfloat16 rate: AVX512_BF16 converts and
+# multiplies bfloat16 in vector registers; AMX multiplies bfloat16 tiles,
+# several times the float32 rate.
+_BF16_FEATURES = ('avx512_bf16', 'amx_bf16')
+
+
+def _cpuinfo() -> tuple[str, list[str]]:
+  """(model name, the _BF16_FEATURES it has) from /proc/cpuinfo (Linux)."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      lines = f.read().splitlines()
+  except OSError:
+    return platform.processor() or platform.machine(), []
+  fields = dict(line.split(':', 1) for line in lines if ':' in line)
+  fields = {key.strip(): value.strip() for key, value in fields.items()}
+  features = fields.get('flags', '').split()
+  return (fields.get('model name', platform.machine()),
+          [name for name in _BF16_FEATURES if name in features])
+
+
 def machine() -> dict:
-  """What the numbers were measured on."""
-  return {'cpus': os.cpu_count(),
-          'processor': platform.processor() or platform.machine(),
+  """What the numbers were measured on: the same VM can land on another CPU
+  from one day to the next."""
+  model, bf16_features = _cpuinfo()
+  return {'cpus': os.cpu_count(), 'processor': model,
+          'bf16_features': bf16_features,
           'python': platform.python_version()}
+
+
+def describe_machine() -> str:
+  """One line: CPUs, model and bfloat16 features."""
+  info = machine()
+  return (f'{info["cpus"]} CPUs ({info["processor"]}; bfloat16: '
+          f'{", ".join(info["bf16_features"]) or "none"})')
 
 
 def print_row(*cells) -> None:

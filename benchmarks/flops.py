@@ -1,0 +1,97 @@
+"""The machine's limit: the arithmetic a training step needs, and how fast
+this machine can do arithmetic at all.
+
+Two numbers make examples/s comparable with the hardware:
+
+- `train_flops_per_example`: the floating-point operations of one training
+  step (forward, loss, gradient), per example, counted by TensorFlow's
+  profiler on the step's traced graph: every op whose cost TensorFlow
+  registers (convolutions and their two gradients, matrix products,
+  element-wise arithmetic) at the shapes of the traced batch. Nothing is
+  typed in: a change of the model changes the count. The optimizer's update
+  (a few operations per weight, once per batch: under 1% here) is not in it.
+- `matmul_gflops`: the rate of a large square matrix product in a dtype,
+  timed on this machine now, the best of a few tries: what the CPU's vector
+  units sustain on the friendliest kernel there is, so a practical ceiling
+  for a training step in that dtype.
+
+Achieved GFLOP/s = examples/s * FLOPs per example / 1e9; its fraction of
+the float32 (or bfloat16) matmul rate says how far a config is from the
+machine's limit.
+"""
+
+import time
+
+import keras
+import ml_collections
+import tensorflow as tf
+
+from mnist_dist import models
+
+MATMUL_SIZE = 2048
+# The dtypes whose matmul rate the benchmarks report.
+MATMUL_DTYPES = ('float32', 'bfloat16')
+
+
+def train_flops_per_example(model_config: ml_collections.ConfigDict, *,
+                            batch_size: int) -> float:
+  """FLOPs of one training step of model_config's model, per example.
+
+  Traced (not run) at batch_size, with training=True (dropout, batch
+  statistics), in float32: the count is the same in every precision.
+  """
+  policy = keras.mixed_precision.global_policy()
+  keras.mixed_precision.set_global_policy('float32')
+  try:
+    model = models.create_model(model_config)
+  finally:
+    keras.mixed_precision.set_global_policy(policy)
+
+  @tf.function
+  def forward_backward(images, labels):
+    with tf.GradientTape() as tape:
+      logits = model(images, training=True)
+      loss = tf.reduce_mean(
+          tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+    return tape.gradient(loss, model.trainable_variables)
+
+  graph = forward_backward.get_concrete_function(
+      tf.TensorSpec([batch_size, 28, 28], tf.uint8),
+      tf.TensorSpec([batch_size], tf.int32)).graph
+  builder = tf.compat.v1.profiler.ProfileOptionBuilder
+  options = builder(builder.float_operation()).with_empty_output().build()
+  profile = tf.compat.v1.profiler.profile(graph, options=options)
+  return profile.total_float_ops / batch_size
+
+
+def matmul_gflops(dtype: str, *, size: int = MATMUL_SIZE, tries: int = 3,
+                  seconds: float = 1.0) -> float:
+  """GFLOP/s of a [size, size] x [size, size] product in dtype: the best of
+  `tries` timings of about `seconds` each, after a warm-up."""
+  a = tf.random.stateless_uniform([size, size], seed=[0, 1], dtype=tf.float32)
+  a = tf.cast(a, dtype)
+
+  @tf.function
+  def products(count):
+    # Each product feeds the next, so none can be skipped or overlapped away.
+    x = a
+    for _ in tf.range(count):
+      x = tf.matmul(x, a) * tf.cast(1 / size, dtype)
+    return x[0, 0]
+
+  flops = 2 * size**3
+  products(tf.constant(1)).numpy()  # Trace and warm up.
+  start = time.perf_counter()
+  products(tf.constant(1)).numpy()
+  count = max(1, round(seconds / (time.perf_counter() - start)))
+  best = float('inf')
+  for _ in range(tries):
+    start = time.perf_counter()
+    products(tf.constant(count)).numpy()
+    best = min(best, (time.perf_counter() - start) / count)
+  return flops / best / 1e9
+
+
+def matmul_rates() -> dict[str, float]:
+  """{dtype: GFLOP/s} for MATMUL_DTYPES, rounded."""
+  return {dtype: round(matmul_gflops(dtype)) for dtype in MATMUL_DTYPES}
