@@ -162,9 +162,13 @@ def test_tpu_vm_deletes_the_vm_on_ctrl_c(env, step):
   while the TPU is being created (the creation goes on) or trains."""
   log_env = env.environ(OUT_DIR=env.tmp / 'out', FAKE_SLEEP_PATTERN=step,
                         **TPU_ENV)
-  process = subprocess.Popen([TPU_VM], cwd=ROOT, env=log_env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, start_new_session=True)
+  # SIGINT as a terminal leaves it, even when the suite itself was started
+  # in the background (where the shell ignores SIGINT for the whole tree,
+  # and a shell cannot trap a signal ignored at its start).
+  process = subprocess.Popen(
+      [TPU_VM], cwd=ROOT, env=log_env, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True, start_new_session=True,
+      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   deadline = time.monotonic() + 60
   while not any(step in ' '.join(c['argv']) for c in env.calls('gcloud')):
     assert time.monotonic() < deadline and process.poll() is None
