@@ -142,6 +142,12 @@ class Written:
             f'SavedModel on {self.agreement:.2%}')
 
 
+def tflite_path(workdir: str, *, quantize: str = 'none') -> str:
+  """Where the .tflite of `quantize` goes: WORKDIR/export/FILE_NAMES[...]."""
+  return os.path.join(workdir_lib.path(workdir, workdir_lib.EXPORT),
+                      FILE_NAMES[quantize])
+
+
 def write_tflite(workdir: str, *, quantize: str = 'none') -> Written:
   """Converts WORKDIR/export to WORKDIR/export/FILE_NAMES[quantize], checked.
 
@@ -169,7 +175,7 @@ def write_tflite(workdir: str, *, quantize: str = 'none') -> Written:
   _, reference = export.load_predict_fn(export_dir)(test.images)
   _, classes = predict_fn(model)(test.images)
   agreement = float(np.mean(classes == reference))
-  path = os.path.join(export_dir, FILE_NAMES[quantize])
+  path = tflite_path(workdir, quantize=quantize)
   if quantize == 'none' and agreement < MIN_FLOAT_AGREEMENT:
     raise ValueError(
         f'{path}: not written: the converted model gives the SavedModel\'s '

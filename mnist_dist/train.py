@@ -502,10 +502,9 @@ def _write_tflite(run: Run, state: TrainState) -> None:
   SavedModel is there, the run has succeeded, and a warning says why."""
   asked = {'none': run.config.outputs.litert,
            'int8': run.config.outputs.litert_int8}
-  export_dir = workdir_lib.path(run.workdir, workdir_lib.EXPORT)
   for quantize in (q for q, wanted in asked.items() if wanted):
-    path = f'{export_dir}/{litert.FILE_NAMES[quantize]}'
-    if state.records or not tf.io.gfile.exists(path):
+    if state.records or not tf.io.gfile.exists(
+        litert.tflite_path(run.workdir, quantize=quantize)):
       try:
         logging.info('Wrote %s', litert.write_tflite(run.workdir,
                                                     quantize=quantize))
