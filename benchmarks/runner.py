@@ -19,7 +19,7 @@ import time
 from absl import flags
 import tensorflow as tf
 
-from mnist_dist import reporting
+from mnist_dist import metrics_file
 from mnist_dist import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,7 +86,7 @@ def run_trainer(config: str, workdir: str, *config_flags: str,
                        f'--workdir={workdir}',
                        f'--config.data.dir={DATA_DIR.value}', *config_flags,
                        show_log=show_log, env=env)
-  return process, reporting.read_metrics(workdir)
+  return process, metrics_file.read_metrics(workdir)
 
 
 def run_codelab_fit(config: str, out_file: str,

@@ -45,6 +45,10 @@ import time
 from absl import app
 from absl import flags
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # The checkout's mnist_dist, which the workers run.
+from mnist_dist import errors  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 _WORKERS = flags.DEFINE_integer('workers', 2, 'Number of worker processes.')
 _GRACE_S = flags.DEFINE_float(
     'grace_s', 30.0, 'Seconds the other workers get to stop on their own, '
@@ -56,9 +60,6 @@ _MIN_WORKERS = flags.DEFINE_integer(
     'min_workers', None, 'Relaunch without the workers that were killed, '
     'down to this many (default: --workers, always relaunch them all).')
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXIT_STOPPED = 75  # mnist_dist.main: stopped on a signal, checkpoint saved.
-EXIT_WORKER_LOST = 76  # mnist_dist.main: another worker of the cluster lost.
 
 
 def free_ports(count: int) -> list[int]:
@@ -101,7 +102,8 @@ class Outcome:
 
   @property
   def retryable(self) -> bool:
-    return not self.asked and self.code in (EXIT_STOPPED, EXIT_WORKER_LOST)
+    return not self.asked and self.code in (errors.EXIT_INTERRUPTED,
+                                            errors.EXIT_WORKER_LOST)
 
 
 class Cluster:
@@ -155,7 +157,7 @@ class Cluster:
     """Waits for the workers; stops them all once one fails."""
     while self.running():
       failed = [i for i, p in enumerate(self.processes)
-                if p.returncode not in (None, 0, EXIT_STOPPED)]
+                if p.returncode not in (None, 0, errors.EXIT_INTERRUPTED)]
       if failed:
         say(f'worker {failed[0]} exited with code '
             f'{exit_code(self.processes[failed[0]].returncode)}: stopping '
@@ -181,11 +183,11 @@ class Cluster:
       say(f'worker {index} was lost: killed by '
           f'{signal.Signals(-self.processes[index].returncode).name}')
     failures = [i for i, code in enumerate(codes)
-                if code not in (0, EXIT_STOPPED)]
+                if code not in (0, errors.EXIT_INTERRUPTED)]
     if not failures:
-      code = EXIT_STOPPED if EXIT_STOPPED in codes else 0
+      code = errors.EXIT_INTERRUPTED if errors.EXIT_INTERRUPTED in codes else 0
     elif lost:
-      code = EXIT_WORKER_LOST  # Retryable: relaunching resumes.
+      code = errors.EXIT_WORKER_LOST  # Retryable: relaunching resumes.
     else:
       code = codes[failures[0]]
     return Outcome(code=code, lost=lost, asked=asked)

@@ -12,7 +12,7 @@ from absl import logging
 import tensorflow as tf
 
 from mnist_dist import workdir as workdir_lib
-from mnist_dist.config import ConfigError
+from mnist_dist.errors import CheckpointError
 
 class Checkpointer:
   """Saves to and restores from WORKDIR/checkpoints.
@@ -51,11 +51,11 @@ class Checkpointer:
                         'before it.', path, str(e).strip().splitlines()[0])
         continue
       except (ValueError, tf.errors.InvalidArgumentError) as e:
-        raise ConfigError(f'{path} does not fit this model: {e}') from e
+        raise CheckpointError(f'{path} does not fit this model: {e}') from e
       try:
         status.assert_existing_objects_matched()
       except AssertionError as e:
-        raise ConfigError(f'{path} does not fit this model: {e}') from e
+        raise CheckpointError(f'{path} does not fit this model: {e}') from e
       return path
     return None
 

@@ -17,7 +17,7 @@ the others waiting in a collective that can never complete. Two rules follow.
   close (its process died), or once TensorFlow's coordination service misses
   its heartbeats (its machine went silent: 10 s, the service's default, which
   MultiWorkerMirroredStrategy starts with the cluster). `peer_failures` turns that
-  error into `WorkerLost`, which names the peer; the entry point prints one
+  error into `errors.WorkerLost`, which names the peer; the entry point prints one
   line and exits 76, and relaunching the cluster resumes from the chief's
   last checkpoint.
 """
@@ -27,6 +27,8 @@ import dataclasses
 import re
 
 import tensorflow as tf
+
+from mnist_dist.errors import WorkerLost
 
 SUM = tf.distribute.ReduceOp.SUM
 
@@ -59,18 +61,6 @@ def topology(strategy: tf.distribute.Strategy) -> Topology:
     spec = resolver.cluster_spec().as_dict()
     workers = sum(len(spec.get(job, ())) for job in ('chief', 'worker'))
   return Topology(workers=workers, replicas=strategy.num_replicas_in_sync)
-
-
-class WorkerLost(Exception):
-  """A collective failed because another worker is gone."""
-
-  def __init__(self, peer: str, step: int, checkpoint: str | None):
-    super().__init__(
-        f'lost {peer} at step {step}; the last good checkpoint is '
-        f'{checkpoint or "none (the run starts over)"}: relaunch the cluster '
-        '(the same command) to resume from it')
-    self.peer = peer
-    self.step = step
 
 
 def _peer_name(message: str, cluster: dict[str, list[str]]) -> str:

@@ -5,14 +5,22 @@
 from the command line with `--config.a.b=value`; a key that is not here is
 refused by ml_collections, so a typo never passes silently.
 
-The choices of model.name, optimizer.name, optimizer.schedule and
-distribution.strategy are listed once, by the modules that build them
+The choices of model.name, optimizer.name, optimizer.schedule, data.source
+and distribution.strategy are listed once, by the modules that build them
 (`models.NAMES`, `optimizers.NAMES`, `optimizers.SCHEDULE_NAMES`,
-`strategy.NAMES`); `validate` checks against those lists. The lists below are
-settings no module builds by name, and data.source.
+`input_pipeline.NAMES`, `strategy.NAMES`); `validate` checks against those
+lists. The lists below are settings no module builds by name. The module
+graph flows one way: this module imports those, none of them imports this.
 """
 
 import ml_collections
+
+from mnist_dist import input_pipeline
+from mnist_dist import models
+from mnist_dist import optimizers
+from mnist_dist import profiling
+from mnist_dist import strategy
+from mnist_dist.errors import ConfigError
 
 PRECISIONS = ('auto', 'float32', 'mixed_bfloat16', 'mixed_float16')
 NONFINITE_LOSS = ('stop', 'skip')
@@ -20,10 +28,6 @@ JIT_COMPILE = ('auto', 'on', 'off')
 
 TRAIN_EXAMPLES = 60_000
 EVAL_EXAMPLES = 10_000
-
-
-class ConfigError(ValueError):
-  """A config value that cannot run; the message names the key."""
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -126,6 +130,10 @@ def default_config() -> ml_collections.ConfigDict:
   # the end, each checked on the test set (as mnist-dist-export does).
   config.outputs.litert = False
   config.outputs.litert_int8 = False
+  # 'A,B': a profiler trace of steps A to B (from 1; rounded out to whole
+  # loop calls) into WORKDIR/tensorboard, for TensorBoard's Profile tab
+  # (mnist_dist/profiling.py). '': off.
+  config.outputs.profile_steps = ''
 
   config.distribution = ml_collections.ConfigDict()
   config.distribution.strategy = 'auto'
@@ -139,15 +147,8 @@ def default_config() -> ml_collections.ConfigDict:
 def _choices() -> dict[str, tuple[str, ...]]:
   """{key: the values it may take}, in the order `validate` checks them.
 
-  The modules are imported here, when a config is checked, not when this
-  module is: they import ConfigError from it, and loading a config file
-  (configs/*.py) needs no TensorFlow. So the module graph stays one-way, from
-  the implementations to this module.
+  Read from the modules that build each choice.
   """
-  from mnist_dist import input_pipeline
-  from mnist_dist import models
-  from mnist_dist import optimizers
-  from mnist_dist import strategy
   return {
       'model.name': models.NAMES,
       'distribution.strategy': strategy.NAMES,
@@ -190,6 +191,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
               'data.synthetic_eval_examples', 'checkpoint.every_steps',
               'checkpoint.keep'):
     _check_positive(_value(config, key), key)
+  _check_model_and_augmentation(config)
+  _check_training_and_outputs(config)
+
+
+def _check_model_and_augmentation(config) -> None:
   if not 0 <= config.model.dropout < 1:
     raise ConfigError(f'model.dropout={config.model.dropout} must be in [0, 1)')
   if not isinstance(config.model.width, int) or config.model.width < 1:
@@ -207,6 +213,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.data.augment.max_scale >= 1:
     raise ConfigError(f'data.augment.max_scale={config.data.augment.max_scale}'
                       ' must be < 1')
+
+
+def _check_training_and_outputs(config) -> None:
   if not 0 <= config.train.label_smoothing < 1:
     raise ConfigError(f'train.label_smoothing={config.train.label_smoothing} '
                       'must be in [0, 1)')
@@ -237,6 +246,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
       config.outputs.saved_model):
     raise ConfigError('outputs.litert and outputs.litert_int8 convert the '
                       'SavedModel: they need outputs.saved_model=True')
+  try:
+    profiling.parse_steps(config.outputs.profile_steps)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   if config.distribution.cpu_devices < 0:
     raise ConfigError('distribution.cpu_devices must be >= 0')
   if config.distribution.cpu_devices and config.distribution.strategy not in (

@@ -5,15 +5,20 @@ of, uint8 images [N, 28, 28] (input `images`), and returns what a caller
 wants: `probabilities` (float32 [N, 10], the softmax of the logits) and
 `classes` (int64 [N], the most likely digit). It holds the whole graph, so
 TensorFlow Serving, `saved_model_cli` or plain `tf.saved_model.load` in a
-process that never imports mnist_dist can run it.
+process that never imports mnist_dist can run it. `SavedModel` is the action
+that writes WORKDIR/export at the end of a run (`outputs.saved_model`).
 """
 
+import tempfile
 from typing import Callable
 
 from absl import logging
 import keras
 import numpy as np
 import tensorflow as tf
+
+from mnist_dist import actions
+from mnist_dist import workdir as workdir_lib
 
 SIGNATURE = 'serving_default'
 
@@ -70,3 +75,32 @@ def load_predict_fn(
             np.concatenate([o['classes'].numpy() for o in outputs]))
 
   return predict
+
+
+class SavedModel(actions.Action):
+  """WORKDIR/export, at the end of a run, if new or missing.
+
+  Every worker exports, as with checkpoints (the model's functions are
+  traced under the strategy, a collective); only the chief's is kept. The
+  chief's goes to a temporary folder first, renamed into place when
+  complete, so WORKDIR/export is never half-written.
+  """
+
+  every_worker = True
+
+  def finish(self, context, *, trained):
+    final = workdir_lib.path(context.workdir, workdir_lib.EXPORT)
+    # Every worker decides alike: from the chief's workdir, which all read.
+    if not trained and tf.io.gfile.exists(final):
+      return
+    if not context.chief:
+      directory = tempfile.mkdtemp()
+      export_saved_model(context.model, directory)
+      tf.io.gfile.rmtree(directory)
+      return
+    staging = workdir_lib.temporary_name(final)
+    export_saved_model(context.model, staging)
+    if tf.io.gfile.exists(final):
+      tf.io.gfile.rmtree(final)
+    tf.io.gfile.rename(staging, final)
+    logging.info('Exported the model to %s', final)

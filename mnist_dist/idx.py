@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from mnist_dist import paths
+from mnist_dist.errors import DataError
 
 IMAGES_MAGIC = 2051  # 0x00000803: uint8, 3 dimensions.
 LABELS_MAGIC = 2049  # 0x00000801: uint8, 1 dimension.
@@ -22,10 +23,6 @@ FILES = {
     'test': ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte'),
 }
 NUM_CLASSES = 10
-
-
-class DataError(ValueError):
-  """Input data that cannot be used; the message names the file."""
 
 
 def find_file(folder: str, name: str) -> str:

@@ -22,7 +22,8 @@ import tensorflow as tf
 
 from mnist_dist import augment
 from mnist_dist import idx
-from mnist_dist.config import ConfigError
+from mnist_dist.errors import ConfigError
+from mnist_dist.errors import DataError
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -47,7 +48,7 @@ def _load_tfds(split: str, data_dir: str) -> Split:
   except Exception as e:  # TFDS raises many kinds; all mean "no data".
     # Its first line only: some (a wrong checksum) go on for several.
     message = str(e).strip().split('\n')[0]
-    raise idx.DataError(
+    raise DataError(
         f'tfds mnist/{split}: cannot load ({type(e).__name__}: {message}); to '
         'read the IDX files instead, pass --config.data.dir=FOLDER') from e
   images = np.concatenate([images for images, _ in batches])
@@ -84,10 +85,21 @@ def hold_out(train: Split, count: int) -> tuple[Split, Split]:
           Split(train.images[-count:], train.labels[-count:]))
 
 
+def splits(data_config, *, seed: int) -> dict[str, Split]:
+  """{'train', 'eval', 'test': Split} of a run: it evaluates every epoch on
+  'eval', the test set as in the codelab, or with data.validation_split the
+  last training images held out (and 'test' once, at the end)."""
+  train, test = load(data_config, seed=seed)
+  evaluated = test
+  if data_config.validation_split:
+    train, evaluated = hold_out(train, data_config.validation_split)
+  return {'train': train, 'eval': evaluated, 'test': test}
+
+
 def _load_idx(data_config, *, seed: int) -> tuple[Split, Split]:
   del seed
   if not data_config.dir:
-    raise idx.DataError('data.source=idx needs --config.data.dir=FOLDER')
+    raise DataError('data.source=idx needs --config.data.dir=FOLDER')
   return (Split(*idx.load_split(data_config.dir, 'train')),
           Split(*idx.load_split(data_config.dir, 'test')))
 

@@ -2,8 +2,8 @@
 
 TPU VMs and cloud GPUs are preempted with a SIGTERM and a short grace period;
 Ctrl-C sends SIGINT. The first of either asks the training loop to stop at
-the end of the current step loop (a second or so), save a checkpoint and exit
-with EXIT_CODE; a second one exits at once.
+the end of the current step loop (a second or so), save a checkpoint and
+raise `errors.Interrupted` (exit 75); a second one exits at once.
 """
 
 from concurrent import futures
@@ -13,26 +13,7 @@ import threading
 
 from absl import logging
 
-# EX_TEMPFAIL: "try again later", which is exactly what resuming does.
-EXIT_CODE = 75
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-class Interrupted(Exception):
-  """Training stopped on a signal after saving a checkpoint.
-
-  In a cluster every worker stops, at the same step, when any one of them is
-  signalled; only the chief's checkpoint is kept, so only the chief says so.
-  """
-
-  def __init__(self, signal_name: str | None, step: int, *, chief: bool):
-    cause = f'{signal_name} at step {step}' if signal_name else (
-        f'another worker was asked to stop; all stopped at step {step}')
-    saved = ('checkpoint saved' if chief
-             else 'the chief saved the checkpoint')
-    super().__init__(f'{cause}: {saved}; run the same command again to '
-                     'resume')
-    self.step = step
 
 
 class SignalWatch:

@@ -32,16 +32,18 @@ them is an error, and is not written.
 import argparse
 import dataclasses
 import os
-import sys
 from typing import Callable
 import warnings
 
-from absl import app
+from absl import logging
 from absl.flags import argparse_flags
 from ai_edge_litert.interpreter import Interpreter
 import numpy as np
 import tensorflow as tf
 
+from mnist_dist import actions
+from mnist_dist import cli
+from mnist_dist import errors
 from mnist_dist import export
 from mnist_dist import input_pipeline
 from mnist_dist import paths
@@ -52,7 +54,6 @@ FILE_NAMES = {'none': 'model.tflite', 'int8': 'model_int8.tflite'}
 # Float arithmetic in another order may flip a near tie, hardly more.
 MIN_FLOAT_AGREEMENT = 0.999
 CALIBRATION_EXAMPLES = 500
-EXIT_FAILED = 1
 
 
 def convert(saved_model_dir: str, *, quantize: str = 'none',
@@ -188,6 +189,26 @@ def write_tflite(workdir: str, *, quantize: str = 'none') -> Written:
       agreement=agreement, examples=len(test))
 
 
+class LiteRT(actions.Action):
+  """The .tflite of `quantize` at the end of a run, if new or missing.
+
+  One that fails its check on the test set is not written: the SavedModel
+  is there, the run has succeeded, and a warning says why.
+  """
+
+  def __init__(self, *, quantize: str):
+    self._quantize = quantize
+
+  def finish(self, context, *, trained):
+    if trained or not tf.io.gfile.exists(
+        tflite_path(context.workdir, quantize=self._quantize)):
+      try:
+        logging.info('Wrote %s', write_tflite(context.workdir,
+                                              quantize=self._quantize))
+      except ValueError as e:
+        logging.warning('%s', e)
+
+
 def _parse_flags(argv: list[str]) -> argparse.Namespace:
   parser = argparse_flags.ArgumentParser(
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -206,17 +227,15 @@ def _parse_flags(argv: list[str]) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> None:
   try:
     print(write_tflite(args.workdir, quantize=args.quantize))
-  except (OSError, ValueError) as e:  # idx.DataError is a ValueError.
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(EXIT_FAILED)
+  except (OSError, ValueError) as e:  # errors.DataError is a ValueError.
+    cli.fail(cli.one_line(e), errors.EXIT_FAILED)
   except tf.errors.OpError as e:  # A gs:// workdir out of reach, for one.
-    print(f'error: {args.workdir}: {paths.cause(e)}', file=sys.stderr)
-    sys.exit(EXIT_FAILED)
+    cli.fail(f'{args.workdir}: {paths.cause(e)}', errors.EXIT_FAILED)
 
 
 def run():
   """Console-script entry point."""
-  app.run(main, flags_parser=_parse_flags)
+  cli.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == '__main__':

@@ -20,7 +20,6 @@ the cluster was lost (relaunch the cluster to resume from the last
 checkpoint); 128+N a second signal N, which exits at once.
 """
 
-import os
 import sys
 
 from mnist_dist import console
@@ -28,24 +27,24 @@ from mnist_dist import console
 console.import_tensorflow(sys.argv)  # Before anything else imports it.
 
 # pylint: disable=wrong-import-position
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from mnist_dist import cluster
-from mnist_dist import config as config_lib
-from mnist_dist import idx
-from mnist_dist import interrupts
+from mnist_dist import cli
+from mnist_dist import errors
 from mnist_dist import train
 # pylint: enable=wrong-import-position
 
-EXIT_BAD_INPUT = 2
-EXIT_NONFINITE_LOSS = 3
-EXIT_WORKER_LOST = 76  # EX_PROTOCOL: retryable, like 75, but not asked for.
-
-_DEFAULT_CONFIG = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs',
-    'conv_bn.py')
+# The one table of what a run's end means: each error class and its code.
+EXIT_CODES = {
+    errors.ConfigError: errors.EXIT_BAD_INPUT,
+    errors.DataError: errors.EXIT_BAD_INPUT,
+    errors.WorkdirError: errors.EXIT_BAD_INPUT,
+    errors.CheckpointError: errors.EXIT_BAD_INPUT,
+    errors.NonFiniteError: errors.EXIT_NONFINITE,
+    errors.Interrupted: errors.EXIT_INTERRUPTED,
+    errors.WorkerLost: errors.EXIT_WORKER_LOST,
+}
 
 FLAGS = flags.FLAGS
 # ml_collections raises these, not flags.Error, for an unknown config key, a
@@ -58,7 +57,7 @@ def _define_flags():
   # Defined here, not at import: declaring the config flag already applies
   # the command line's --config.x overrides to the default config.
   config_flags.DEFINE_config_file(
-      'config', _DEFAULT_CONFIG, 'Path to a config file in configs/.',
+      'config', cli.DEFAULT_CONFIG, 'Path to a config file in configs/.',
       lock_config=True)
   flags.DEFINE_string('workdir', None,
                       'Where config.json, checkpoints/ and metrics.jsonl go '
@@ -73,53 +72,32 @@ def _define_flags():
       'TensorFlow loads.')
 
 
-def _fail(message: str, code: int, *, prefix: str = 'error'):
-  print(f'{prefix}: {message}', file=sys.stderr, flush=True)
-  sys.exit(code)
-
-
 def _fail_on_flag(error: Exception):
   if isinstance(error, (AttributeError, KeyError)):
     while isinstance(error.args[0], BaseException):  # KeyError in AttributeError.
       error = error.args[0]
-    _fail(f'unknown config key {error.args[0]}'.replace('\n', ' '),
-          EXIT_BAD_INPUT)
-  _fail(' '.join(str(error).split()), EXIT_BAD_INPUT)
+    cli.fail(f'unknown config key {error.args[0]}'.replace('\n', ' '),
+             errors.EXIT_BAD_INPUT)
+  cli.fail(cli.one_line(error), errors.EXIT_BAD_INPUT)
 
 
 def _parse_flags(argv):
   """absl's parser, with a bad flag or config key as one line and exit 2."""
   try:
-    return FLAGS(argv)
+    argv = FLAGS(argv)
+    # A config file that failed to load raises only when first used.
+    FLAGS.config  # pylint: disable=pointless-statement
+    return argv
   except _BAD_FLAG_ERRORS as e:
     _fail_on_flag(e)
 
 
 def main(argv):
   if len(argv) > 1:
-    _fail(f'unexpected arguments: {" ".join(argv[1:])}', EXIT_BAD_INPUT)
+    cli.fail(f'unexpected arguments: {" ".join(argv[1:])}',
+             errors.EXIT_BAD_INPUT)
   console.set_up(tf_logs=FLAGS[console.TF_LOGS_FLAG].value)
-  try:
-    config = FLAGS.config
-    # A config file that failed to load raises only when first used.
-    config_lib.validate(config)
-  except config_lib.ConfigError as e:
-    _fail(str(e), EXIT_BAD_INPUT)
-  except _BAD_FLAG_ERRORS as e:
-    _fail_on_flag(e)
-  try:
-    train.train_and_evaluate(config, FLAGS.workdir)
-  except (config_lib.ConfigError, idx.DataError) as e:
-    _fail(str(e), EXIT_BAD_INPUT)
-  except train.NonFiniteLossError as e:
-    _fail(str(e), EXIT_NONFINITE_LOSS)
-  except interrupts.Interrupted as e:
-    _fail(str(e), interrupts.EXIT_CODE, prefix='stopped')
-  except cluster.WorkerLost as e:
-    print(f'error: {e}', file=sys.stderr, flush=True)
-    # TensorFlow's aborted collectives and their threads can hold up an
-    # orderly exit; there is nothing left to save.
-    os._exit(EXIT_WORKER_LOST)  # pylint: disable=protected-access
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 def run():
@@ -128,7 +106,7 @@ def run():
     _define_flags()
   except _BAD_FLAG_ERRORS as e:
     _fail_on_flag(e)
-  app.run(main, flags_parser=_parse_flags)
+  cli.run(main, flags_parser=_parse_flags, exit_codes=EXIT_CODES)
 
 
 if __name__ == '__main__':

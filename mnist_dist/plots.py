@@ -15,15 +15,14 @@ The last three run the exported model on the test split of the run's own
 config, and are skipped when there is no export. matplotlib draws off-screen
 (its Agg renderer, through the object-oriented API rather than pyplot): no
 display needed, and no global state changed in a process that calls this.
+`Plots` is the action that makes them at the end of a run (`outputs.plots`).
 """
 
 import argparse
 import io
 import math
 import os
-import sys
 
-from absl import app
 from absl import logging
 from absl.flags import argparse_flags
 import matplotlib.colors
@@ -32,11 +31,14 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from mnist_dist import actions
+from mnist_dist import cli
+from mnist_dist import errors
 from mnist_dist import export
 from mnist_dist import idx
 from mnist_dist import input_pipeline
+from mnist_dist import metrics_file
 from mnist_dist import optimizers
-from mnist_dist import reporting
 from mnist_dist import workdir as workdir_lib
 
 DPI = 100
@@ -240,7 +242,7 @@ def missing(workdir: str) -> bool:
 def make_all(workdir: str, *, dpi: int = DPI) -> list[str]:
   """Writes every plot that WORKDIR's files allow; returns their paths."""
   config = workdir_lib.read_config(workdir)
-  records = reporting.read_metrics(workdir)
+  records = metrics_file.read_metrics(workdir)
   plots_dir = workdir_lib.path(workdir, workdir_lib.PLOTS)
   tf.io.gfile.makedirs(plots_dir)
   written = []
@@ -269,6 +271,17 @@ def make_all(workdir: str, *, dpi: int = DPI) -> list[str]:
   return written
 
 
+class Plots(actions.Action):
+  """WORKDIR/plots at the end of a run, if new or missing (after the export,
+  whose predictions three of them show)."""
+
+  def finish(self, context, *, trained):
+    if trained or missing(context.workdir):
+      written = make_all(context.workdir)
+      logging.info('Wrote %d plots to %s', len(written),
+                   workdir_lib.path(context.workdir, workdir_lib.PLOTS))
+
+
 def _parse_flags(argv: list[str]) -> argparse.Namespace:
   parser = argparse_flags.ArgumentParser(
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -283,14 +296,13 @@ def main(args: argparse.Namespace) -> None:
   try:
     for path in make_all(args.workdir, dpi=args.dpi):
       print(path)
-  except (OSError, idx.DataError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+  except (OSError, errors.DataError) as e:
+    cli.fail(cli.one_line(e), errors.EXIT_FAILED)
 
 
 def run():
   """Console-script entry point."""
-  app.run(main, flags_parser=_parse_flags)
+  cli.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == '__main__':

@@ -20,18 +20,18 @@ import argparse
 import json
 import sys
 
-from absl import app
 from absl.flags import argparse_flags
 import numpy as np
 from PIL import Image
 import tensorflow as tf
 
+from mnist_dist import cli
+from mnist_dist import errors
 from mnist_dist import export
 from mnist_dist import images
 from mnist_dist import litert
 from mnist_dist import paths
 
-EXIT_FAILED = 1  # A file could not be read, or the model could not be loaded.
 BOX = 20  # MNIST fits each digit into 20x20 pixels...
 SIZE = 28  # ...and centres it by its centre of mass in 28x28.
 
@@ -108,12 +108,10 @@ def main(args: argparse.Namespace) -> None:
   try:
     predict = load_predict_fn(args.model)
   except (OSError, ValueError) as e:  # ValueError: not a LiteRT model.
-    print(f'error: --model={args.model}: {e}', file=sys.stderr)
-    sys.exit(EXIT_FAILED)
+    cli.fail(f'--model={args.model}: {cli.one_line(e)}', errors.EXIT_FAILED)
   except tf.errors.OpError as e:  # A gs:// model out of reach, for one.
-    print(f'error: --model={args.model}: cannot load it: {paths.cause(e)}',
-          file=sys.stderr)
-    sys.exit(EXIT_FAILED)
+    cli.fail(f'--model={args.model}: cannot load it: {paths.cause(e)}',
+             errors.EXIT_FAILED)
   readable, digits = [], []
   for path in args.images:
     try:
@@ -131,12 +129,12 @@ def main(args: argparse.Namespace) -> None:
       else:
         print(f'{path}: {digit} ({p[digit]:.1%})')
   if len(readable) < len(args.images):
-    sys.exit(EXIT_FAILED)
+    sys.exit(errors.EXIT_FAILED)  # Each unreadable file has had its line.
 
 
 def run():
   """Console-script entry point."""
-  app.run(main, flags_parser=_parse_flags)
+  cli.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == '__main__':

@@ -1,21 +1,16 @@
-"""What a run tells its user: a log line per loop or a progress bar, and
-metrics.jsonl."""
+"""What a run tells its user on the console: a log line per loop, or a
+progress bar. (What it writes to files are actions: `outputs`.)"""
 
 import contextlib
 import dataclasses
-import json
 import logging as py_logging
 import os
 import sys
-import time
 from typing import TextIO
 
 from absl import logging
-import tensorflow as tf
 import tqdm
 from tqdm import contrib as tqdm_contrib
-
-from mnist_dist import workdir as workdir_lib
 
 
 def format_duration(seconds: float) -> str:
@@ -157,72 +152,3 @@ class Progress:
     """At the end of the run, or when it stops."""
     self._shown.close()
     self._bar = None
-
-
-class MetricsWriter:
-  """Writes one JSON object per evaluation to WORKDIR/metrics.jsonl.
-
-  The file is rewritten whole on every record (it holds one line per epoch),
-  which works the same on local disks and on gs://, where appending does not,
-  and atomically, so a stop while writing leaves the previous version.
-  """
-
-  def __init__(self, workdir: str, *, resume_step: int = 0):
-    self.path = workdir_lib.path(workdir, workdir_lib.METRICS)
-    tf.io.gfile.makedirs(workdir)
-    # Records past the checkpoint a run resumes from will be made again.
-    self.records = [r for r in read_metrics(workdir)
-                    if r['step'] <= resume_step]
-
-  def write(self, record: dict) -> None:
-    self.records.append(record)
-    workdir_lib.write_atomically(
-        self.path, ''.join(json.dumps(r) + '\n' for r in self.records))
-
-
-def read_metrics(workdir: str) -> list[dict]:
-  """The records of WORKDIR/metrics.jsonl, oldest first ([] if none).
-
-  The trainer writes the file whole, but another writer (an older version, a
-  copy cut short) may leave its last line torn: it is dropped with a warning,
-  and the record is made again by the epoch that resumes.
-  """
-  path = workdir_lib.path(workdir, workdir_lib.METRICS)
-  if not tf.io.gfile.exists(path):
-    return []
-  with tf.io.gfile.GFile(path) as f:
-    lines = [line for line in f.read().splitlines() if line.strip()]
-  records = []
-  for number, line in enumerate(lines, start=1):
-    try:
-      records.append(json.loads(line))
-    except json.JSONDecodeError:
-      if number < len(lines):
-        raise ValueError(f'{path}: line {number} is damaged') from None
-      logging.warning('%s: its last line is torn (%r); dropped.', path,
-                      line[:40])
-  return records
-
-
-def report_to_tuning_service(records: list[dict], *, metric: str) -> None:
-  """Writes `metric` where Vertex AI's hyperparameter tuning reads it.
-
-  Only inside a tuning trial (the service sets CLOUD_ML_TRIAL_ID). The format
-  is that of Google's cloudml-hypertune library, which the service reads:
-  the file $CLOUD_ML_HP_METRIC_FILE (default /tmp/hypertune/output.metrics)
-  holds the last 100 reports, one JSON object per line, sorted keys, values
-  as strings but the timestamp.
-  """
-  trial = os.environ.get('CLOUD_ML_TRIAL_ID')
-  if trial is None:
-    return
-  path = os.environ.get('CLOUD_ML_HP_METRIC_FILE',
-                        '/tmp/hypertune/output.metrics')
-  lines = [json.dumps({'timestamp': time.time(), 'trial': trial,
-                       metric: str(float(record[metric])),
-                       'global_step': str(int(record['step']))},
-                      sort_keys=True)
-           for record in records[-100:]]
-  tf.io.gfile.makedirs(os.path.dirname(path))
-  with tf.io.gfile.GFile(path, 'w') as f:
-    f.write(''.join(line + '\n' for line in lines))

@@ -4,7 +4,8 @@ A per-replica step runs under `strategy.run` on every replica at once. The
 loops around it are `tf.function`s that take the step count as a tensor, so one
 trace serves every loop length, and they return `Totals`: sums reduced over
 replicas. Sums, not means, because sums add up exactly across replicas, loops
-and epochs; the controller divides once.
+and epochs; the controller divides once. Every sum is built and read by name
+(`EXAMPLE_SUMS`, `Totals`), never by position.
 """
 
 from typing import Callable, NamedTuple
@@ -16,6 +17,9 @@ import tensorflow as tf
 from mnist_dist import averaging
 
 SUM = tf.distribute.ReduceOp.SUM
+
+# What a step adds up over its examples; `example_sums` builds them.
+EXAMPLE_SUMS = ('loss', 'correct', 'count')
 
 
 class Totals(NamedTuple):
@@ -32,13 +36,15 @@ class Totals(NamedTuple):
 
   @classmethod
   def zero(cls) -> 'Totals':
-    return cls(*[0.0] * len(cls._fields))
+    return cls(**dict.fromkeys(cls._fields, 0.0))
 
   def numpy(self) -> 'Totals':
-    return Totals(*(float(np.asarray(value)) for value in self))
+    return Totals(**{name: float(np.asarray(value))
+                     for name, value in self._asdict().items()})
 
   def plus(self, other: 'Totals') -> 'Totals':
-    return Totals(*(mine + theirs for mine, theirs in zip(self, other)))
+    return Totals(**{name: value + getattr(other, name)
+                     for name, value in self._asdict().items()})
 
   @property
   def mean_loss(self) -> float:
@@ -49,15 +55,24 @@ class Totals(NamedTuple):
     return self.correct / max(self.count, 1)
 
 
-def _sums(labels, logits, per_example_loss, weights=None):
-  """[loss sum, correct, examples] of one replica's batch (masked by weights)."""
+def example_sums(labels, logits, per_example_loss,
+                 weights=None) -> dict[str, tf.Tensor]:
+  """{EXAMPLE_SUMS name: sum} of one replica's batch, masked by weights."""
   correct = tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32),
                              labels), tf.float32)
   if weights is None:
     weights = tf.ones_like(correct)
-  return tf.stack([tf.reduce_sum(per_example_loss * weights),
-                   tf.reduce_sum(correct * weights),
-                   tf.reduce_sum(weights)])
+  return {'loss': tf.reduce_sum(per_example_loss * weights),
+          'correct': tf.reduce_sum(correct * weights),
+          'count': tf.reduce_sum(weights)}
+
+
+def _no_sums() -> dict[str, tf.Tensor]:
+  return {name: tf.constant(0.0) for name in EXAMPLE_SUMS}
+
+
+def _add(sums: dict, more: dict) -> dict:
+  return {name: sums[name] + more[name] for name in EXAMPLE_SUMS}
 
 
 def _per_example_loss(labels, logits):
@@ -81,7 +96,7 @@ def make_train_step(*, model: keras.Model,
                     label_smoothing: float = 0.0,
                     weight_average: averaging.WeightAverage | None = None
                     ) -> Callable[..., tf.Tensor]:
-  """Returns train_step(images, labels) -> [loss sum, correct, examples].
+  """Returns train_step(images, labels) -> `example_sums` of the batch.
 
   The per-replica step: `strategy.run` runs it on every replica's batch.
   The loss each replica differentiates is its per-example losses summed and
@@ -111,7 +126,7 @@ def make_train_step(*, model: keras.Model,
         loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
       scaled_loss = optimizer.scale_loss(loss)  # Loss scaling for float16.
     gradients = tape.gradient(scaled_loss, model.trainable_variables)
-    return gradients, _sums(labels, logits, per_example_loss)
+    return gradients, example_sums(labels, logits, per_example_loss)
 
   if jit_compile:
     forward_backward = tf.function(forward_backward, jit_compile=True)
@@ -140,27 +155,27 @@ def make_train_loop(*, strategy: tf.distribute.Strategy,
 
   @tf.function
   def train_loop(iterator, num_steps):
-    sums = tf.zeros([3])
+    sums = _no_sums()
     steps = tf.constant(0)
     nonfinite_steps = tf.constant(0)
     for _ in tf.range(num_steps):
       per_replica = strategy.run(train_step, args=next(iterator))
       step_sums = strategy.reduce(SUM, per_replica, axis=None)
-      finite = tf.math.is_finite(step_sums[0])  # Any replica's NaN shows.
-      sums += tf.where(finite, step_sums, 0.0)
+      finite = tf.math.is_finite(step_sums['loss'])  # Any replica's NaN shows.
+      sums = _add(sums, {name: tf.where(finite, value, 0.0)
+                         for name, value in step_sums.items()})
       steps += 1
       nonfinite_steps += tf.cast(tf.logical_not(finite), tf.int32)
       if stop_on_nonfinite:
         if tf.logical_not(finite):
           break
-    return Totals(loss=sums[0], correct=sums[1], count=sums[2], steps=steps,
-                  nonfinite_steps=nonfinite_steps)
+    return Totals(**sums, steps=steps, nonfinite_steps=nonfinite_steps)
 
   return train_loop
 
 
 def make_eval_step(*, model: keras.Model) -> Callable[..., tf.Tensor]:
-  """Returns eval_step(images, labels, weights) -> [loss sum, correct, count].
+  """Returns eval_step(images, labels, weights) -> `example_sums` of the batch.
 
   The eval batches carry a weight per example, 0 for padding, so the count is
   exactly the number of real examples.
@@ -168,7 +183,8 @@ def make_eval_step(*, model: keras.Model) -> Callable[..., tf.Tensor]:
 
   def eval_step(images, labels, weights):
     logits = model(images, training=False)
-    return _sums(labels, logits, _per_example_loss(labels, logits), weights)
+    return example_sums(labels, logits, _per_example_loss(labels, logits),
+                        weights)
 
   return eval_step
 
@@ -180,11 +196,10 @@ def make_eval_loop(*, strategy: tf.distribute.Strategy,
 
   @tf.function
   def eval_loop(iterator):
-    sums = tf.zeros([3])
+    sums = _no_sums()
     for _ in tf.range(num_steps):
       per_replica = strategy.run(eval_step, args=next(iterator))
-      sums += strategy.reduce(SUM, per_replica, axis=None)
-    return Totals(loss=sums[0], correct=sums[1], count=sums[2],
-                  steps=num_steps, nonfinite_steps=0)
+      sums = _add(sums, strategy.reduce(SUM, per_replica, axis=None))
+    return Totals(**sums, steps=num_steps, nonfinite_steps=0)
 
   return eval_loop

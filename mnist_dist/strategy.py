@@ -12,7 +12,8 @@ import os
 
 from absl import logging
 import tensorflow as tf
-from mnist_dist.config import ConfigError
+
+from mnist_dist.errors import ConfigError
 
 
 def _tpu_host() -> bool:

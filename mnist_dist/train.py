@@ -2,96 +2,56 @@
 
 `train_and_evaluate` reads as a run goes:
 
-  run = build_run(config, workdir)       strategy, data, model, loops, outputs
+  run = build_run(config, workdir)       strategy, data, model, loops, actions
   state = resume(run)                    from the latest checkpoint, if any
   while not state.finished:
     train_epoch(run, state, signals)     compiled loops of many steps each
     record = evaluate(run, state, signals)
-    publish(run, state, record)          log, metrics.jsonl, TensorBoard
+    publish(run, state, record)          the record to every action
     end_epoch(run, state, signals)       checkpoint; stop if any worker asked
-  finish(run, state)                     export and plots
+  finish(run, state)                     the actions' last outputs
 
 `Run` is what is built once; `TrainState` is what changes. Every worker of a
 cluster runs the same steps in the same order, since each loop, evaluation,
 checkpoint and stop vote is a collective; only the chief writes files.
+
+What a run leaves besides checkpoints (metrics.jsonl, TensorBoard, the
+export, ...) is made by actions (`mnist_dist.actions`): this module calls
+them at fixed points and knows none of them by name.
 """
 
 import contextlib
 import dataclasses
 import functools
 import math
-import tempfile
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 from absl import logging
 import keras
 import ml_collections
 import tensorflow as tf
 
-from mnist_dist import averaging
+from mnist_dist import actions as actions_lib
 from mnist_dist import checkpoints
 from mnist_dist import cluster
 from mnist_dist import config as config_lib
-from mnist_dist import export
+from mnist_dist import errors
 from mnist_dist import input_pipeline
 from mnist_dist import interrupts
-from mnist_dist import litert
-from mnist_dist import models
 from mnist_dist import optimizers
-from mnist_dist import plots
+from mnist_dist import outputs
 from mnist_dist import reporting
 from mnist_dist import steps
 from mnist_dist import strategy as strategy_lib
-from mnist_dist import summaries
+from mnist_dist import trainable
 from mnist_dist import workdir as workdir_lib
-
-
-class NonFiniteLossError(RuntimeError):
-  """The loss or weights became NaN or infinite; the last good one is kept."""
-
-  def __init__(self, step: int, what: str = 'loss'):
-    super().__init__(
-        f'the {what} {"is" if what == "loss" else "are"} not finite at step '
-        f'{step}; stopped, keeping the last good checkpoint (a lower '
-        'optimizer.learning_rate may help, or train.on_nonfinite_loss=skip to '
-        'skip such steps)')
-    self.step = step
 
 
 @dataclasses.dataclass
 class TrainResult:
   model: keras.Model
   metrics: list[dict]  # One record per evaluation of this process.
-
-
-@dataclasses.dataclass
-class Model:
-  """The model and what trains it, built in the strategy's scope."""
-  model: keras.Model
-  optimizer: keras.optimizers.Optimizer
-  average: averaging.WeightAverage | None
-
-  def evaluated_weights(self):
-    """The weights evaluations and the export see: the average, if any."""
-    return self.average.swapped_in() if self.average else (
-        contextlib.nullcontext())
-
-
-@dataclasses.dataclass
-class Counters:
-  """Checkpointed with the model: where the run is."""
-  # Steps taken (skipped ones included: they consume their batch too).
-  step: tf.Variable = dataclasses.field(default_factory=lambda: tf.Variable(
-      0, dtype=tf.int64, trainable=False))
-  # The current epoch's steps.Totals so far.
-  epoch_totals: tf.Variable = dataclasses.field(
-      default_factory=lambda: tf.Variable(
-          tf.zeros([len(steps.Totals._fields)], tf.float64), trainable=False))
-  # [workers, replicas] of the run that saved the checkpoint.
-  topology: tf.Variable = dataclasses.field(
-      default_factory=lambda: tf.Variable([0, 0], dtype=tf.int64,
-                                          trainable=False))
 
 
 @dataclasses.dataclass
@@ -107,15 +67,16 @@ class Run:
   splits: dict[str, input_pipeline.Split]  # 'train', 'eval' and 'test'.
   steps_per_epoch: int
   total_steps: int
-  trained: Model
+  trained: trainable.Model
   schedule: Callable[[int], float]  # Learning rate of the update of index n.
   train_loop: Callable[..., steps.Totals]
   evaluators: dict[str, Callable[[interrupts.SignalWatch], steps.Totals]]
   stop_vote: cluster.StopVote
   checkpointer: checkpoints.Checkpointer
-  counters: 'Counters'
-  board: summaries.Summaries
+  counters: trainable.Counters
   progress: reporting.Progress
+  context: actions_lib.Context  # What the actions see of the run.
+  actions: list[actions_lib.Action]  # Those this worker runs, in order.
 
 
 @dataclasses.dataclass
@@ -126,37 +87,41 @@ class TrainState:
   finished: bool  # All epochs trained, or train.stop_at_accuracy reached.
   train_iterator: object  # The distributed input, from `step` on.
   first_step: int  # The step this process started from, for speed and ETA.
-  writer: reporting.MetricsWriter | None  # The chief's metrics.jsonl.
   records: list[dict] = dataclasses.field(default_factory=list)
   epoch_train_s: float = 0.0  # Time in training loops, this epoch.
   loops_start: float = dataclasses.field(default_factory=time.time)
 
 
-def train_and_evaluate(config, workdir: str) -> TrainResult:
+def train_and_evaluate(
+    config, workdir: str, *,
+    actions: Sequence[actions_lib.Action | Callable[[dict], None]] = ()
+) -> TrainResult:
   """Trains config's model for config.train.epochs, resuming if it can.
 
   Args:
     config: a config of `mnist_dist.config` (see configs/).
     workdir: where the run keeps its files (`mnist_dist.workdir`; local or
       gs://). Starting again with the same workdir resumes.
+    actions: outputs of the caller's, run after those config.outputs asks
+      for (`mnist_dist.actions`): Action objects, or functions of a record.
 
   Returns:
     The trained model (with train.ema_decay, its averaged weights) and the
     evaluation records of this process.
 
   Raises:
-    ConfigError, DataError: before training, for input that cannot run, or
-      a workdir that cannot be used or is in use.
-    NonFiniteLossError: the loss or the weights became NaN or infinite.
-    interrupts.Interrupted: SIGTERM or SIGINT to this or another worker; a
+    errors.ConfigError, DataError, WorkdirError, CheckpointError: before
+      training, for input that cannot run, or a workdir that cannot be used.
+    errors.NonFiniteError: the loss or the weights became NaN or infinite.
+    errors.Interrupted: SIGTERM or SIGINT to this or another worker; a
       checkpoint was saved.
-    cluster.WorkerLost: another worker of the cluster is gone.
+    errors.WorkerLost: another worker of the cluster is gone.
   """
   config_lib.validate(config)
   workdir_lib.check_usable(workdir)
   strategy = strategy_lib.create_strategy(config.distribution)
   with workdir_lib.Lock(workdir, enabled=strategy_lib.is_chief(strategy)):
-    run = build_run(config, workdir)
+    run = build_run(config, workdir, actions=actions)
     state = resume(run)
     with (contextlib.closing(run.progress),
           interrupts.SignalWatch() as signals,
@@ -176,33 +141,7 @@ def _distribute(strategy, dataset_fn, split, **kwargs):
       functools.partial(dataset_fn, split=split, **kwargs)))
 
 
-def _splits(config) -> dict[str, input_pipeline.Split]:
-  train_split, test_split = input_pipeline.load(config.data, seed=config.seed)
-  eval_split = test_split  # The codelab validates on the test set.
-  if config.data.validation_split:
-    train_split, eval_split = input_pipeline.hold_out(
-        train_split, config.data.validation_split)
-  return {'train': train_split, 'eval': eval_split, 'test': test_split}
-
-
-def build_model(config, *, strategy, settings,
-                steps_per_epoch: int) -> Model:
-  """The model, its optimizer (slots built) and weight average, in scope."""
-  keras.mixed_precision.set_global_policy(settings.precision)
-  with strategy.scope():
-    model = models.create_model(config.model)
-    optimizer = optimizers.create_optimizer(
-        config.optimizer, steps_per_epoch=steps_per_epoch,
-        epochs=config.train.epochs, precision=settings.precision,
-        skip_nonfinite=config.train.on_nonfinite_loss == 'skip')
-    # Slots made now, not lazily inside the first replicated step.
-    optimizer.build(model.trainable_variables)
-    average = (averaging.WeightAverage(model, decay=config.train.ema_decay)
-               if config.train.ema_decay else None)
-  return Model(model=model, optimizer=optimizer, average=average)
-
-
-def _evaluator(strategy, trained: Model, split, *, eval_batch: int):
+def _evaluator(strategy, trained: trainable.Model, split, *, eval_batch: int):
   """evaluate(signals) -> Totals over all of split."""
   iterator = _distribute(strategy, input_pipeline.eval_dataset, split,
                          global_batch_size=eval_batch)
@@ -216,31 +155,25 @@ def _evaluator(strategy, trained: Model, split, *, eval_batch: int):
   return evaluate_split
 
 
-def _checkpointer(config, workdir: str, *, chief: bool, trained: Model,
-                  settings, counters: Counters) -> checkpoints.Checkpointer:
-  """Checkpoints of everything the next step depends on."""
-  optimizer = trained.optimizer
-  return checkpoints.Checkpointer(
-      workdir=workdir, keep=config.checkpoint.keep, is_chief=chief,
-      # tf.train.Checkpoint does not see into a Keras 3 model: list its
-      # variables (batch-norm statistics and dropout's seed state included),
-      # by position, since layer names change with what else the process built.
-      model=[variable.value for variable in trained.model.variables],
-      # The inner optimizer of a LossScaleOptimizer: switching
-      # train.on_nonfinite_loss between runs must not orphan its state.
-      optimizer=getattr(optimizer, 'inner_optimizer', optimizer),
-      step=counters.step, epoch_totals=counters.epoch_totals,
-      topology=counters.topology,
-      # Dynamic loss scaling's state (train.precision, which decides it, is
-      # run-defining): the scale and the steps since it last grew.
-      **({'loss_scale': [optimizer.dynamic_scale, optimizer.step_counter]}
-         if settings.precision == 'mixed_float16' else {}),
-      **({'weight_average': [*trained.average.averages,
-                             trained.average.updates]}
-         if trained.average else {}))
+def _train_loop(config, *, strategy, trained: trainable.Model, settings):
+  return steps.make_train_loop(
+      strategy=strategy, train_step=steps.make_train_step(
+          model=trained.model, optimizer=trained.optimizer,
+          global_batch_size=config.train.global_batch_size,
+          jit_compile=settings.jit_compile,
+          label_smoothing=config.train.label_smoothing,
+          weight_average=trained.average),
+      stop_on_nonfinite=config.train.on_nonfinite_loss == 'stop')
 
 
-def build_run(config, workdir: str) -> Run:
+def _actions(config, *, chief: bool, added) -> list[actions_lib.Action]:
+  """config.outputs' actions, then the caller's: those this worker runs."""
+  every = [*outputs.from_config(config.outputs),
+           *map(actions_lib.as_action, added)]
+  return [action for action in every if chief or action.every_worker]
+
+
+def build_run(config, workdir: str, *, actions=()) -> Run:
   """Checks the config, then builds everything a run needs, in order."""
   started = time.time()
   config_lib.validate(config)
@@ -249,7 +182,7 @@ def build_run(config, workdir: str) -> Run:
   if not chief:
     logging.set_verbosity(logging.WARNING)  # The chief's log tells the story.
   keras.utils.set_random_seed(config.seed)
-  splits = _splits(config)
+  splits = input_pipeline.splits(config.data, seed=config.seed)
   topology = cluster.topology(strategy)
   steps_per_epoch = len(splits['train']) // config.train.global_batch_size
   config_lib.check_against_run(config, num_replicas=topology.replicas,
@@ -258,21 +191,17 @@ def build_run(config, workdir: str) -> Run:
   settings = strategy_lib.device_settings(
       config.train, device_kind=kind, steps_per_epoch=steps_per_epoch)
   workdir_lib.check_and_record_config(config, workdir, write=chief)
-  trained = build_model(config, strategy=strategy, settings=settings,
-                        steps_per_epoch=steps_per_epoch)
-  counters = Counters()
-  checkpointer = _checkpointer(config, workdir, chief=chief, trained=trained,
-                               settings=settings, counters=counters)
-  replicas = topology.replicas
-  eval_batch = math.ceil(config.train.eval_batch_size / replicas) * replicas
+  trained = trainable.build_model(config, strategy=strategy,
+                                  settings=settings,
+                                  steps_per_epoch=steps_per_epoch)
+  counters = trainable.Counters()
+  eval_batch = math.ceil(config.train.eval_batch_size /
+                         topology.replicas) * topology.replicas
   logging.info('%s: %s on %s, global batch %d, %d steps per epoch in loops '
                'of %d, XLA %s, precision %s', config.model.name, topology,
                kind, config.train.global_batch_size, steps_per_epoch,
                settings.steps_per_loop,
                'on' if settings.jit_compile else 'off', settings.precision)
-  board = summaries.Summaries(workdir,
-                              enabled=chief and config.outputs.tensorboard)
-  board.write_config(config)
   return Run(
       config=config, workdir=workdir, started=started, strategy=strategy,
       chief=chief, topology=topology, settings=settings, splits=splits,
@@ -281,21 +210,29 @@ def build_run(config, workdir: str) -> Run:
       schedule=optimizers.learning_rate_schedule(
           config.optimizer, steps_per_epoch=steps_per_epoch,
           epochs=config.train.epochs),
-      train_loop=steps.make_train_loop(
-          strategy=strategy, train_step=steps.make_train_step(
-              model=trained.model, optimizer=trained.optimizer,
-              global_batch_size=config.train.global_batch_size,
-              jit_compile=settings.jit_compile,
-              label_smoothing=config.train.label_smoothing,
-              weight_average=trained.average),
-          stop_on_nonfinite=config.train.on_nonfinite_loss == 'stop'),
+      train_loop=_train_loop(config, strategy=strategy, trained=trained,
+                             settings=settings),
       evaluators={name: _evaluator(strategy, trained, splits[name],
                                    eval_batch=eval_batch)
                   for name in ('eval', 'test')},
-      stop_vote=cluster.StopVote(strategy), checkpointer=checkpointer,
-      counters=counters, board=board, progress=reporting.Progress(
+      stop_vote=cluster.StopVote(strategy),
+      checkpointer=trainable.checkpointer(
+          config, workdir, chief=chief, trained=trained, settings=settings,
+          counters=counters),
+      counters=counters, progress=reporting.Progress(
           total_steps=config.train.epochs * steps_per_epoch,
-          epochs=config.train.epochs, enabled=chief))
+          epochs=config.train.epochs, enabled=chief),
+      context=actions_lib.Context(
+          config=config, workdir=workdir, chief=chief, device_kind=kind,
+          model=trained.model, splits=splits,
+          evaluated_weights=trained.evaluated_weights),
+      actions=_actions(config, chief=chief, added=actions))
+
+
+def _each(run: Run, hook: str, *args, **kwargs) -> None:
+  """Calls hook of every action of this worker, in order."""
+  for action in run.actions:
+    getattr(action, hook)(run.context, *args, **kwargs)
 
 
 def resume(run: Run) -> TrainState:
@@ -313,13 +250,10 @@ def resume(run: Run) -> TrainState:
       logging.warning('The topology changed: the checkpoint was saved on %s, '
                       'this run has %s.', saved, run.topology)
   target = run.config.train.stop_at_accuracy
-  reached = bool(target) and any(
-      r['eval_accuracy'] >= target and r['step'] <= step
-      for r in reporting.read_metrics(run.workdir))
+  reached = bool(target) and float(run.counters.eval_accuracy) >= target
+  _each(run, 'start', step=step)
   return TrainState(
       step=step, last_saved=step, first_step=step,
-      writer=(reporting.MetricsWriter(run.workdir, resume_step=step)
-              if run.chief else None),
       finished=reached or step >= run.total_steps,
       train_iterator=_distribute(
           run.strategy, input_pipeline.train_dataset, run.splits['train'],
@@ -347,7 +281,7 @@ def _save(run: Run, state: TrainState) -> None:
   is always one that can continue.
   """
   if not _finite(run.trained.model.variables):
-    raise NonFiniteLossError(state.step, what='weights')
+    raise errors.NonFiniteError(state.step, what='weights')
   run.counters.topology.assign([run.topology.workers, run.topology.replicas])
   run.checkpointer.save(state.step)
   state.last_saved = state.step
@@ -358,22 +292,23 @@ def _stop_if_asked(run: Run, state: TrainState, signals) -> None:
   if run.stop_vote(signals.requested is not None):
     if state.last_saved != state.step:
       _save(run, state)
-    raise interrupts.Interrupted(signals.requested, state.step,
-                                 chief=run.chief)
+    raise errors.Interrupted(signals.requested, state.step, chief=run.chief)
 
 
 def train_loop(run: Run, state: TrainState, signals, *,
                num_steps: int) -> None:
   """One call of the compiled loop: num_steps steps, one line of output."""
+  _each(run, 'loop_start', step=state.step, num_steps=num_steps)
   loop_start = time.time()
   totals = signals.call(run.train_loop, state.train_iterator,
                         tf.constant(num_steps)).numpy()
   loop_s = time.time() - loop_start
   state.step += int(totals.steps)
   if totals.nonfinite_steps and run.config.train.on_nonfinite_loss == 'stop':
-    raise NonFiniteLossError(state.step)
+    raise errors.NonFiniteError(state.step)
   run.counters.step.assign(state.step)
-  run.counters.epoch_totals.assign_add(totals)
+  for name, variable in run.counters.epoch_totals.items():
+    variable.assign_add(getattr(totals, name))
   state.epoch_train_s += loop_s
   steps_per_s = (state.step - state.first_step) / (
       time.time() - state.loops_start)
@@ -383,7 +318,7 @@ def train_loop(run: Run, state: TrainState, signals, *,
       learning_rate=_learning_rate(run),
       examples_per_s=totals.count / loop_s,
       eta_s=(run.total_steps - state.step) / steps_per_s)
-  run.board.write_train(metrics.step, **metrics.scalars())
+  _each(run, 'loop_end', step=state.step, scalars=metrics.scalars())
   run.progress.loop(metrics)
 
 
@@ -401,6 +336,17 @@ def train_epoch(run: Run, state: TrainState, signals) -> None:
         _save(run, state)
 
 
+def _test(run: Run, record: dict, signals) -> None:
+  """The test set, looked at once, at the end of a run chosen on a
+  validation split."""
+  tested = run.evaluators['test'](signals)
+  record.update(test_loss=tested.mean_loss, test_accuracy=tested.accuracy,
+                test_examples=int(tested.count))
+  run.progress.message(
+      f'test: loss {record["test_loss"]:.4f} accuracy '
+      f'{record["test_accuracy"]:.2%} on {record["test_examples"]} examples')
+
+
 def evaluate(run: Run, state: TrainState, signals) -> dict:
   """The epoch's record: its training totals and an evaluation.
 
@@ -408,7 +354,7 @@ def evaluate(run: Run, state: TrainState, signals) -> dict:
   a held-out split, the test set is evaluated, once.
   """
   evaluated = run.evaluators['eval'](signals)
-  trained = steps.Totals(*run.counters.epoch_totals.numpy())
+  trained = run.counters.epoch()
   record = {
       'step': state.step,
       'epoch': state.step // run.steps_per_epoch,
@@ -424,6 +370,7 @@ def evaluate(run: Run, state: TrainState, signals) -> dict:
       'examples_per_s': round(trained.count / max(state.epoch_train_s, 1e-9),
                               1),
   }
+  run.counters.eval_accuracy.assign(evaluated.accuracy)
   run.progress.message(
       f'eval epoch {record["epoch"]}: loss {record["eval_loss"]:.4f} accuracy '
       f'{record["eval_accuracy"]:.2%} on {record["eval_examples"]} examples')
@@ -433,104 +380,32 @@ def evaluate(run: Run, state: TrainState, signals) -> dict:
     state.finished = True
   state.finished |= state.step >= run.total_steps
   if state.finished and run.config.data.validation_split:
-    # Chosen on the validation set; the test set is looked at once.
-    tested = run.evaluators['test'](signals)
-    record.update(test_loss=tested.mean_loss, test_accuracy=tested.accuracy,
-                  test_examples=int(tested.count))
-    run.progress.message(
-        f'test: loss {record["test_loss"]:.4f} accuracy '
-        f'{record["test_accuracy"]:.2%} on {record["test_examples"]} examples')
+    _test(run, record, signals)
   return record
 
 
-def _misclassified(model, split, *, count=8, among=1000):
-  """A few test digits the model gets wrong, for TensorBoard (not on TPU)."""
-  logits = model(split.images[:among], training=False)
-  wrong = tf.argmax(logits, axis=-1).numpy() != split.labels[:among]
-  return split.images[:among][wrong][:count]
-
-
 def publish(run: Run, state: TrainState, record: dict) -> None:
-  """An epoch's record to metrics.jsonl, the tuning service, TensorBoard."""
+  """An epoch's record to every action (metrics.jsonl, TensorBoard, ...)."""
   state.records.append(record)
-  if state.writer:
-    state.writer.write(record)
-    reporting.report_to_tuning_service(state.writer.records,
-                                       metric='eval_accuracy')
-  if run.board.enabled:
-    with run.trained.evaluated_weights():
-      run.board.write_eval(
-          state.step, loss=record['eval_loss'],
-          accuracy=record['eval_accuracy'],
-          misclassified_images=None
-          if strategy_lib.device_kind(run.strategy) == 'TPU'
-          else _misclassified(run.trained.model, run.splits['eval']))
+  _each(run, 'record', record)
 
 
 def end_epoch(run: Run, state: TrainState, signals) -> None:
   """Starts the next epoch's totals, checkpoints, and stops if asked."""
-  run.counters.epoch_totals.assign(
-      tf.zeros_like(run.counters.epoch_totals))
+  for variable in run.counters.epoch_totals.values():
+    variable.assign(0.0)
   _save(run, state)
   if not state.finished:
     _stop_if_asked(run, state, signals)
 
 
-def _export(run: Run) -> None:
-  """Every worker exports, as with checkpoints; only the chief's is kept.
-
-  The chief's goes to a temporary folder first, renamed into place when
-  complete, so WORKDIR/export is never half-written.
-  """
-  if not run.chief:
-    directory = tempfile.mkdtemp()
-    export.export_saved_model(run.trained.model, directory)
-    tf.io.gfile.rmtree(directory)
-    return
-  final = workdir_lib.path(run.workdir, workdir_lib.EXPORT)
-  staging = workdir_lib.temporary_name(final)
-  export.export_saved_model(run.trained.model, staging)
-  if tf.io.gfile.exists(final):
-    tf.io.gfile.rmtree(final)
-  tf.io.gfile.rename(staging, final)
-  logging.info('Exported the model to %s', final)
-
-
-def _write_tflite(run: Run, state: TrainState) -> None:
-  """The LiteRT models outputs.litert and litert_int8 ask for, if new or
-  missing. One that fails its check on the test set is not written: the
-  SavedModel is there, the run has succeeded, and a warning says why."""
-  asked = {'none': run.config.outputs.litert,
-           'int8': run.config.outputs.litert_int8}
-  for quantize in (q for q, wanted in asked.items() if wanted):
-    if state.records or not tf.io.gfile.exists(
-        litert.tflite_path(run.workdir, quantize=quantize)):
-      try:
-        logging.info('Wrote %s', litert.write_tflite(run.workdir,
-                                                    quantize=quantize))
-      except ValueError as e:
-        logging.warning('%s', e)
-
-
 def finish(run: Run, state: TrainState) -> None:
-  """Closes the summaries, then exports and plots what is new or missing.
+  """The actions' finish: the export, the plots, ... what is new or missing.
 
-  Idempotent: a run whose training is complete but whose export or plots are
-  missing (a stop during them) makes them at its next start, untrained.
+  Idempotent: a run whose training is complete but whose outputs are
+  missing (a stop while they were made) makes them at its next start,
+  untrained (`trained=False`).
   """
-  run.board.close()
   if run.trained.average:
     run.trained.average.keep()  # From here on the model is the evaluated one.
-  # Every worker decides alike (the export is collective): from the chief's
-  # workdir, which all of them read.
-  if run.config.outputs.saved_model and (
-      state.records or not tf.io.gfile.exists(
-          workdir_lib.path(run.workdir, workdir_lib.EXPORT))):
-    _export(run)
-  if run.chief:
-    _write_tflite(run, state)
-  if run.chief and run.config.outputs.plots and (
-      state.records or plots.missing(run.workdir)):
-    written = plots.make_all(run.workdir)
-    logging.info('Wrote %d plots to %s', len(written),
-                 workdir_lib.path(run.workdir, workdir_lib.PLOTS))
+  _each(run, 'finish', trained=bool(state.records))

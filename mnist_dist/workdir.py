@@ -28,7 +28,7 @@ import ml_collections
 import tensorflow as tf
 
 from mnist_dist import paths
-from mnist_dist.config import ConfigError
+from mnist_dist.errors import WorkdirError
 
 CONFIG = 'config.json'
 CHECKPOINTS = 'checkpoints'
@@ -102,11 +102,11 @@ def write_atomically(path: str, data: str | bytes) -> None:
 
 
 def check_usable(workdir: str) -> None:
-  """Creates workdir, or raises ConfigError saying why it cannot be used."""
+  """Creates workdir, or raises WorkdirError saying why it cannot be used."""
   try:
     tf.io.gfile.makedirs(workdir)
   except tf.errors.OpError as e:
-    raise ConfigError(f'--workdir={workdir}: cannot use it: '
+    raise WorkdirError(f'--workdir={workdir}: cannot use it: '
                       f'{paths.cause(e)}') from e
 
 
@@ -123,7 +123,7 @@ def _read_json(workdir: str) -> dict:
   try:
     return json.loads(text)
   except json.JSONDecodeError as e:
-    raise ConfigError(
+    raise WorkdirError(
         f'{path(workdir, CONFIG)} is damaged ({e}); it records the run in '
         'this workdir: restore it, or use a new --workdir') from e
 
@@ -142,7 +142,7 @@ def check_and_record_config(config, workdir: str, *, write: bool) -> None:
         for key in RUN_DEFINING_KEYS
         if _lookup(previous, key) != _lookup(current, key)]
     if differences:
-      raise ConfigError(
+      raise WorkdirError(
           f'{workdir} holds a run with another config ({"; ".join(differences)}'
           '): use a new --workdir, or the same values to resume it')
   if write:
@@ -161,7 +161,7 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 class Lock:
   """WORKDIR/lock: the one trainer writing to a workdir.
 
-  A context: entering takes the lock or raises ConfigError naming its holder
+  A context: entering takes the lock or raises WorkdirError naming its holder
   (host, pid, start time); leaving releases it. The holder renews it every
   RENEW_S; a lock is stale, and taken over with a warning, when its holder's
   process is gone from this host, or when it has not been renewed for
@@ -223,7 +223,7 @@ class Lock:
     if holder is not None:
       reason = self._stale_because(holder)
       if reason is None:
-        raise ConfigError(
+        raise WorkdirError(
             f'{os.path.dirname(self._path)} is in use by pid '
             f'{holder["pid"]} on {holder["host"]} since {holder["started"]} '
             f'({self._path}); wait for it to end, or use another --workdir')
@@ -233,7 +233,7 @@ class Lock:
     try:
       self._write(exclusive=True)
     except FileExistsError:
-      raise ConfigError(f'{os.path.dirname(self._path)} was just taken by '
+      raise WorkdirError(f'{os.path.dirname(self._path)} was just taken by '
                         f'another trainer ({self._path})') from None
     self._renewer.start()
     remove_temporaries(os.path.dirname(self._path))

@@ -11,6 +11,7 @@ from mnist_dist import input_pipeline
 from mnist_dist import steps
 from mnist_dist import strategy as strategy_lib
 from mnist_dist import train
+from mnist_dist import trainable
 
 
 def _floats(model):
@@ -26,7 +27,7 @@ def test_average_follows_the_documented_recurrence():
                          'train.ema_decay': 0.2})
   strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
   split, _ = input_pipeline.load(config.data, seed=0)
-  trained = train.build_model(
+  trained = trainable.build_model(
       config, strategy=strategy, steps_per_epoch=10,
       settings=strategy_lib.DeviceSettings(
           precision='float32', jit_compile=False, steps_per_loop=1))

@@ -23,12 +23,12 @@ from helpers import ROOT
 from helpers import checkpoint_variables
 from helpers import finished_state
 from helpers import run_main
+from mnist_dist import errors
 
 # Real clusters of worker processes: 10 to 50 s each.
 pytestmark = pytest.mark.slow
 
 LAUNCHER = os.path.join(ROOT, 'launch', 'local_cluster.py')
-EXIT_STOPPED, EXIT_WORKER_LOST = 75, 76
 
 # 64 steps an epoch in loops of 4: a signal after step 8 lands mid-epoch.
 _RUN = ('--config=configs/dense.py', '--config.data.source=synthetic',
@@ -124,7 +124,7 @@ def _stop_one_worker(workdir, worker: int, signum: int) -> int:
   os.kill(pid, signum)
   code = launch.finish()
   output = launch.output
-  assert code == EXIT_STOPPED, output[-3000:]
+  assert code == errors.EXIT_INTERRUPTED, output[-3000:]
   stops = re.findall(r'\[worker (\d)\] stopped: (.*)', output)
   assert sorted(w for w, _ in stops) == ['0', '1'], output[-3000:]
   steps = {int(re.search(r'at step (\d+)', line)[1]) for _, line in stops}
@@ -169,7 +169,8 @@ def test_a_killed_worker_ends_the_others_with_one_line(tmp_path, worker):
   os.kill(pid, signal.SIGKILL)
   # The survivor notices the lost peer itself: the launcher's grace period
   # (60 s) is longer than the whole wait allowed here.
-  assert launch.finish(timeout=60) == EXIT_WORKER_LOST, launch.output[-3000:]
+  assert launch.finish(timeout=60) == errors.EXIT_WORKER_LOST, (
+      launch.output[-3000:])
   survivor = 1 - worker
   output = launch.output
   named = re.search(rf'\[worker {survivor}\] error: lost worker {worker} '
@@ -205,7 +206,7 @@ def test_ctrl_c_saves_one_checkpoint_and_exits_75(tmp_path):
   launch.mid_run()
   before = len(launch.lines)
   os.killpg(launch.process.pid, signal.SIGINT)  # What a terminal's Ctrl-C does.
-  assert launch.finish() == EXIT_STOPPED, launch.output[-3000:]
+  assert launch.finish() == errors.EXIT_INTERRUPTED, launch.output[-3000:]
   after = ''.join(launch.lines[before:])
   # Each worker got the signal once (a second one would exit at once, 130).
   assert after.count('SIGINT received') == 2, after

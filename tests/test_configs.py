@@ -5,6 +5,7 @@ import pytest
 
 from helpers import load_config
 from mnist_dist import config as config_lib
+from mnist_dist import errors
 from mnist_dist import input_pipeline
 from mnist_dist import models
 from mnist_dist import optimizers
@@ -86,7 +87,7 @@ def test_bad_values_are_refused_by_name(key, value, message):
   for section in sections:
     node = node[section]
   node[name] = value
-  with pytest.raises(config_lib.ConfigError, match=message):
+  with pytest.raises(errors.ConfigError, match=message):
     config_lib.validate(config)
 
 
@@ -105,7 +106,7 @@ def test_choices_are_the_lists_of_the_modules_that_build_them(key,
     config[section][name] = value
     config_lib.validate(config)
   config[section][name] = 'nope'
-  with pytest.raises(config_lib.ConfigError) as error:
+  with pytest.raises(errors.ConfigError) as error:
     config_lib.validate(config)
   assert str(error.value) == (
       f"{key}='nope' is not one of: {', '.join(module_names)}")
@@ -125,7 +126,7 @@ def test_every_model_name_builds():
 def test_run_checks(replicas, steps_per_epoch, message):
   config = config_lib.default_config()
   config.train.steps_per_loop = 100
-  with pytest.raises(config_lib.ConfigError, match=message):
+  with pytest.raises(errors.ConfigError, match=message):
     config_lib.check_against_run(config, num_replicas=replicas,
                                  steps_per_epoch=steps_per_epoch)
 
@@ -149,7 +150,7 @@ def test_fast_995_config_is_chosen_on_a_validation_split():
 def test_width_is_only_for_the_conv_models():
   config = load_config('dense')
   config.model.width = 2
-  with pytest.raises(config_lib.ConfigError, match="not 'dense'"):
+  with pytest.raises(errors.ConfigError, match="not 'dense'"):
     config_lib.validate(config)
 
 
@@ -157,7 +158,7 @@ def test_cosine_warmup_must_leave_epochs_to_decay():
   config = config_lib.default_config()
   config.optimizer.schedule = 'cosine'
   config.optimizer.warmup_epochs = config.train.epochs
-  with pytest.raises(config_lib.ConfigError, match='leaves no epochs'):
+  with pytest.raises(errors.ConfigError, match='leaves no epochs'):
     config_lib.validate(config)
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from helpers import write_idx
+from mnist_dist import errors
 from mnist_dist import idx
 
 
@@ -54,7 +55,7 @@ def test_broken_images_file_is_named(good_dir, damage, message):
   kwargs = {'array': np.zeros((4, 28, 28)), 'magic': idx.IMAGES_MAGIC,
             **damage}
   path = _break(good_dir, name, **kwargs)
-  with pytest.raises(idx.DataError, match=message) as error:
+  with pytest.raises(errors.DataError, match=message) as error:
     idx.load_split(str(good_dir), 'test')
   assert path in str(error.value)
 
@@ -62,32 +63,32 @@ def test_broken_images_file_is_named(good_dir, damage, message):
 def test_labels_with_images_magic_are_refused(good_dir):
   path = _break(good_dir, idx.FILES['test'][1], array=np.zeros((4, 28, 28)),
                 magic=idx.IMAGES_MAGIC)
-  with pytest.raises(idx.DataError, match=f'{path}: wrong magic number 2051'):
+  with pytest.raises(errors.DataError, match=f'{path}: wrong magic number 2051'):
     idx.load_split(str(good_dir), 'test')
 
 
 def test_count_mismatch_is_named(good_dir):
   _break(good_dir, idx.FILES['test'][1], array=np.zeros(3))
-  with pytest.raises(idx.DataError, match='holds 4 images but .* holds 3'):
+  with pytest.raises(errors.DataError, match='holds 4 images but .* holds 3'):
     idx.load_split(str(good_dir), 'test')
 
 
 def test_label_out_of_range_is_named(good_dir):
   _break(good_dir, idx.FILES['test'][1], array=np.array([1, 2, 12, 3]))
-  with pytest.raises(idx.DataError, match='label 12 at index 2 is outside'):
+  with pytest.raises(errors.DataError, match='label 12 at index 2 is outside'):
     idx.load_split(str(good_dir), 'test')
 
 
 def test_truncated_gzip_is_named(good_dir):
   path = good_dir / (idx.FILES['train'][0] + '.gz')
   path.write_bytes(path.read_bytes()[:200])
-  with pytest.raises(idx.DataError, match='corrupt or truncated gzip'):
+  with pytest.raises(errors.DataError, match='corrupt or truncated gzip'):
     idx.load_split(str(good_dir), 'train')
 
 
 def test_missing_file_and_folder_are_named(good_dir):
   os.remove(good_dir / idx.FILES['test'][1])
-  with pytest.raises(idx.DataError, match='t10k-labels-idx1-ubyte.*no such file'):
+  with pytest.raises(errors.DataError, match='t10k-labels-idx1-ubyte.*no such file'):
     idx.load_split(str(good_dir), 'test')
-  with pytest.raises(idx.DataError, match='no such folder'):
+  with pytest.raises(errors.DataError, match='no such folder'):
     idx.load_split(str(good_dir / 'nope'), 'test')

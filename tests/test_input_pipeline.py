@@ -7,7 +7,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from helpers import small_config
-from mnist_dist import idx
+from mnist_dist import errors
 from mnist_dist import input_pipeline
 
 
@@ -170,5 +170,5 @@ def test_auto_source_reads_idx_when_dir_is_set_else_tfds(mnist_dir):
 
 def test_auto_source_with_a_wrong_dir_fails_instead_of_downloading(tmp_path):
   config = small_config({'data.source': 'auto', 'data.dir': str(tmp_path)})
-  with pytest.raises(idx.DataError, match='no such file'):
+  with pytest.raises(errors.DataError, match='no such file'):
     input_pipeline.load(config.data, seed=0)

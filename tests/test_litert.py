@@ -10,6 +10,7 @@ import pytest
 
 from helpers import load_config
 from helpers import small_config
+from mnist_dist import errors
 from mnist_dist import export
 from mnist_dist import input_pipeline
 from mnist_dist import litert
@@ -114,7 +115,7 @@ def test_a_workdir_without_export_is_one_error_line(tmp_path, capsys):
   with pytest.raises(SystemExit) as exit_info:
     litert.main(argparse.Namespace(workdir=workdir, format='litert',
                                    quantize='none'))
-  assert exit_info.value.code == litert.EXIT_FAILED
+  assert exit_info.value.code == errors.EXIT_FAILED
   assert capsys.readouterr().err == (
       f'error: {workdir}/export: no SavedModel; training writes it at its '
       'end, unless outputs.saved_model=False\n')

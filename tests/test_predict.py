@@ -20,6 +20,7 @@ import pytest
 from helpers import ROOT
 from helpers import load_config
 from helpers import small_config
+from mnist_dist import errors
 from mnist_dist import export
 from mnist_dist import idx
 from mnist_dist import images
@@ -246,15 +247,15 @@ def test_each_file_gets_an_answer_or_its_own_error_line(export_dir,
       [sys.executable, '-m', 'mnist_dist.predict', f'--model={export_dir}',
        *given], cwd=ROOT, capture_output=True, text=True, timeout=300,
       check=False)
-  assert process.returncode == predict.EXIT_FAILED
+  assert process.returncode == errors.EXIT_FAILED
   assert 'Traceback' not in process.stderr, process.stderr[-3000:]
   assert 'DecompressionBomb' not in process.stderr
-  errors = [line for line in process.stderr.splitlines()
-            if line.startswith('error: ')]
+  lines = [line for line in process.stderr.splitlines()
+           if line.startswith('error: ')]
   expected = [f'error: {path}: {refused[path]}' for path in given
               if path in refused]
-  assert len(errors) == len(expected), errors
-  for error, start in zip(errors, expected):
+  assert len(lines) == len(expected), lines
+  for error, start in zip(lines, expected):
     assert error == start or (start.endswith('(') and error.startswith(start)
                               and error.endswith(')')), (error, start)
   answers = process.stdout.splitlines()
@@ -379,7 +380,7 @@ def test_a_file_that_is_no_tflite_model_is_one_line(tmp_path, capsys,
     predict.main(argparse.Namespace(
         model=str(model), json=False,
         images=list(_write_images(tmp_path).values())))
-  assert exit_info.value.code == predict.EXIT_FAILED
+  assert exit_info.value.code == errors.EXIT_FAILED
   assert capsys.readouterr().err == f'error: --model={model}: {error}\n'
 
 
@@ -396,7 +397,7 @@ def test_an_unreachable_remote_image_or_model_is_one_line(export_dir,
       [sys.executable, '-m', 'mnist_dist.predict', f'--model={export_dir}',
        remote, three],
       cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
-  assert process.returncode == predict.EXIT_FAILED
+  assert process.returncode == errors.EXIT_FAILED
   (error,) = [line for line in process.stderr.splitlines()
               if line.startswith('error: ')]
   assert any(error in (f'error: {remote}: cannot read it: {cause}',
@@ -407,7 +408,7 @@ def test_an_unreachable_remote_image_or_model_is_one_line(export_dir,
       [sys.executable, '-m', 'mnist_dist.predict',
        '--model=gs://mnist-dist-no-such-bucket/export', three],
       cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
-  assert model.returncode == predict.EXIT_FAILED
+  assert model.returncode == errors.EXIT_FAILED
   assert 'Traceback' not in model.stderr, model.stderr[-2000:]
   assert model.stderr.strip().splitlines()[-1].startswith(
       'error: --model=gs://mnist-dist-no-such-bucket/export: ')

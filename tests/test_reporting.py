@@ -1,16 +1,12 @@
-"""What a run reports outside metrics.jsonl: its progress on the console and
-the tuning service's metric."""
+"""What a run reports on the console: its progress, as lines or a bar."""
 
 import io
-import json
 import logging
 
 from absl import logging as absl_logging
 import pytest
 
-from helpers import small_config
 from mnist_dist import reporting
-from mnist_dist import train
 
 
 class _Terminal(io.StringIO):
@@ -104,19 +100,3 @@ def test_a_disabled_progress_shows_nothing(absl_to):
   progress.message('eval epoch 1')
   progress.close()
   assert not terminal.getvalue()
-
-
-def test_reports_to_the_tuning_service_inside_a_trial(tmp_path, monkeypatch):
-  metrics_file = tmp_path / 'hypertune' / 'output.metrics'
-  monkeypatch.setenv('CLOUD_ML_TRIAL_ID', '7')
-  monkeypatch.setenv('CLOUD_ML_HP_METRIC_FILE', str(metrics_file))
-  result = train.train_and_evaluate(
-      small_config({'model.name': 'dense', 'train.epochs': 2}),
-      str(tmp_path / 'run'))
-  with open(metrics_file) as f:
-    reports = [json.loads(line) for line in f]
-  assert [r['global_step'] for r in reports] == ['16', '32']
-  assert reports[-1]['trial'] == '7'
-  assert float(reports[-1]['eval_accuracy']) == pytest.approx(
-      result.metrics[-1]['eval_accuracy'])
-  assert isinstance(reports[-1]['timestamp'], float)

@@ -15,10 +15,9 @@ import tensorflow as tf
 from helpers import ROOT
 from helpers import finished_state
 from helpers import small_config
-from mnist_dist import workdir as workdir_lib
-from mnist_dist import config as config_lib
-from mnist_dist import interrupts
+from mnist_dist import errors
 from mnist_dist import train
+from mnist_dist import workdir as workdir_lib
 
 # dense_dropout: dropout makes the random state part of what must resume.
 _RUN_FLAGS = ('--config=configs/dense_dropout.py', '--config.data.source=synthetic',
@@ -60,7 +59,7 @@ def test_sigterm_then_resume_lands_where_an_uninterrupted_run_does(tmp_path,
   _wait_for_line(interrupted, 'step 52/')  # Mid-epoch 2 of 3 (32 per epoch).
   interrupted.send_signal(signal.SIGTERM)
   rest = interrupted.communicate(timeout=120)[1]
-  assert interrupted.returncode == interrupts.EXIT_CODE, rest[-2000:]
+  assert interrupted.returncode == errors.EXIT_INTERRUPTED, rest[-2000:]
   assert 'run the same command again to resume' in rest
   resumed = _start(tmp_path / 'stopped', *extras)
   log = resumed.communicate(timeout=300)[1]
@@ -121,7 +120,7 @@ def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
 
 def test_workdir_of_another_model_is_refused_by_name(tmp_path):
   train.train_and_evaluate(_config(tmp_path), str(tmp_path))
-  with pytest.raises(config_lib.ConfigError,
+  with pytest.raises(errors.WorkdirError,
                      match="model.name was 'dense', now 'conv'"):
     train.train_and_evaluate(_config(tmp_path, **{'model.name': 'conv'}),
                              str(tmp_path))
@@ -147,7 +146,7 @@ def _absurd_lr(tmp_path, mode):
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   config = _absurd_lr(tmp_path, 'stop')
   good = tf.train.latest_checkpoint(str(tmp_path / 'checkpoints'))
-  with pytest.raises(train.NonFiniteLossError, match='not finite at step 1[78]'):
+  with pytest.raises(errors.NonFiniteError, match='not finite at step 1[78]'):
     train.train_and_evaluate(config, str(tmp_path))
   assert tf.train.latest_checkpoint(str(tmp_path / 'checkpoints')) == good
 

@@ -14,6 +14,7 @@ import pytest
 
 from helpers import run_main
 from helpers import small_config
+from mnist_dist import errors
 from mnist_dist import idx
 from mnist_dist import input_pipeline
 
@@ -142,7 +143,7 @@ def test_an_unusable_tfds_dir_is_a_data_error(tmp_path):
   (tmp_path / 'a_file').write_text('')
   config = small_config({'data.source': 'tfds',
                          'data.tfds_dir': str(tmp_path / 'a_file')})
-  with pytest.raises(idx.DataError, match=(
+  with pytest.raises(errors.DataError, match=(
       r'^tfds mnist/train: cannot load \(NotADirectoryError: .*a_file/'
       r'downloads.*\); to read the IDX files instead')):
     input_pipeline.load(config.data, seed=0)

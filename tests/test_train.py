@@ -158,8 +158,9 @@ def test_eval_sees_each_test_example_once_by_content(tmp_path, monkeypatch):
     def eval_step(images, labels, weights):
       mean_pixel = tf.reduce_mean(tf.cast(images, tf.float32), axis=[1, 2])
       label = tf.cast(labels, tf.float32)
-      return tf.stack([tf.reduce_sum(weights * mean_pixel * (label + 1)),
-                       tf.reduce_sum(weights * label), tf.reduce_sum(weights)])
+      return {'loss': tf.reduce_sum(weights * mean_pixel * (label + 1)),
+              'correct': tf.reduce_sum(weights * label),
+              'count': tf.reduce_sum(weights)}
     return eval_step
 
   monkeypatch.setattr(steps, 'make_eval_step', checksum_step)

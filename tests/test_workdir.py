@@ -16,9 +16,10 @@ from helpers import ROOT
 from helpers import checkpoint_variables
 from helpers import run_main
 from helpers import small_config
-from mnist_dist import config as config_lib
+from mnist_dist import errors
 from mnist_dist import steps
 from mnist_dist import train
+from mnist_dist import trainable
 from mnist_dist import workdir as workdir_lib
 
 _SMALL = ('--config=configs/dense.py', '--config.data.source=synthetic',
@@ -111,7 +112,7 @@ def test_a_stale_lock_is_taken_over(tmp_path, holder, caplog):
 
 def test_a_live_lock_of_another_machine_is_respected(tmp_path):
   _write_lock(tmp_path, host='another-machine', pid=1)
-  with pytest.raises(config_lib.ConfigError,
+  with pytest.raises(errors.WorkdirError,
                      match='is in use by pid 1 on another-machine'):
     train.train_and_evaluate(_dense(), str(tmp_path))
   assert (tmp_path / workdir_lib.LOCK).exists()  # Not ours to remove.
@@ -146,7 +147,7 @@ def test_weights_that_blew_up_are_never_checkpointed(tmp_path, monkeypatch):
   # (the real loop, then one weight set to infinity at its last step), since
   # whether real gradients overflow depends on the data.
   train.train_and_evaluate(_dense(**{'optimizer.name': 'sgd'}), str(tmp_path))
-  built, build_model = [], train.build_model
+  built, build_model = [], trainable.build_model
   make_train_loop = steps.make_train_loop
 
   def building(*args, **kwargs):
@@ -163,9 +164,9 @@ def test_weights_that_blew_up_are_never_checkpointed(tmp_path, monkeypatch):
       return totals
     return blown_up_loop
 
-  monkeypatch.setattr(train, 'build_model', building)
+  monkeypatch.setattr(trainable, 'build_model', building)
   monkeypatch.setattr(steps, 'make_train_loop', blowing_up)
-  with pytest.raises(train.NonFiniteLossError,
+  with pytest.raises(errors.NonFiniteError,
                      match='weights are not finite at step 17'):
     train.train_and_evaluate(_dense(**{
         'optimizer.name': 'sgd', 'train.epochs': 2,

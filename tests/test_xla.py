@@ -21,7 +21,7 @@ import tensorflow as tf
 from helpers import small_config
 from mnist_dist import steps
 from mnist_dist import strategy as strategy_lib
-from mnist_dist import train
+from mnist_dist import trainable
 
 BATCH = 16
 NUM_STEPS = 3
@@ -73,7 +73,7 @@ def _batches():
 def _build(config, strategy):
   keras.utils.set_random_seed(0)  # The same initial weights each time.
   precision = config.train.precision
-  return train.build_model(
+  return trainable.build_model(
       config, strategy=strategy, steps_per_epoch=NUM_STEPS,
       settings=strategy_lib.DeviceSettings(
           precision='float32' if precision == 'auto' else precision,

@@ -1,0 +1,57 @@
+"""WORKDIR/metrics.jsonl: one JSON record per evaluation (fields: README)."""
+
+import json
+
+from absl import logging
+import tensorflow as tf
+
+from mnist_dist import actions
+from mnist_dist import workdir as workdir_lib
+
+
+class MetricsFile(actions.Action):
+  """Writes one JSON object per evaluation to WORKDIR/metrics.jsonl.
+
+  The file is rewritten whole on every record (it holds one line per epoch),
+  which works the same on local disks and on gs://, where appending does not,
+  and atomically, so a stop while writing leaves the previous version.
+  """
+
+  def __init__(self):
+    self.records = []
+
+  def start(self, context, *, step):
+    tf.io.gfile.makedirs(context.workdir)
+    # Records past the checkpoint a run resumes from will be made again.
+    self.records = [r for r in read_metrics(context.workdir)
+                    if r['step'] <= step]
+
+  def record(self, context, record):
+    self.records.append(record)
+    workdir_lib.write_atomically(
+        workdir_lib.path(context.workdir, workdir_lib.METRICS),
+        ''.join(json.dumps(r) + '\n' for r in self.records))
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """The records of WORKDIR/metrics.jsonl, oldest first ([] if none).
+
+  The trainer writes the file whole, but another writer (an older version, a
+  copy cut short) may leave its last line torn: it is dropped with a warning,
+  and the record is made again by the epoch that resumes.
+  """
+  path = workdir_lib.path(workdir, workdir_lib.METRICS)
+  if not tf.io.gfile.exists(path):
+    return []
+  with tf.io.gfile.GFile(path) as f:
+    lines = [line for line in f.read().splitlines() if line.strip()]
+  records = []
+  for number, line in enumerate(lines, start=1):
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:
+      if number < len(lines):
+        raise ValueError(f'{path}: line {number} is damaged') from None
+      logging.warning('%s: its last line is torn (%r); dropped.', path,
+                      line[:40])
+  return records

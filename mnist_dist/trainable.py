@@ -1,0 +1,100 @@
+"""The model and what trains it, and what a checkpoint holds of a run.
+
+`build_model` makes the Keras model, its optimizer (slots built) and the
+weight average in the strategy's scope; `checkpointer` lists every variable
+the next step depends on, the model's by position, and the `Counters` of
+where the run is, so that a restored run continues exactly.
+"""
+
+import contextlib
+import dataclasses
+
+import keras
+import tensorflow as tf
+
+from mnist_dist import averaging
+from mnist_dist import checkpoints
+from mnist_dist import models
+from mnist_dist import optimizers
+from mnist_dist import steps
+
+
+@dataclasses.dataclass
+class Model:
+  """The model and what trains it, built in the strategy's scope."""
+  model: keras.Model
+  optimizer: keras.optimizers.Optimizer
+  average: averaging.WeightAverage | None
+
+  def evaluated_weights(self):
+    """The weights evaluations and the export see: the average, if any."""
+    return self.average.swapped_in() if self.average else (
+        contextlib.nullcontext())
+
+
+def _variable(value, dtype):
+  return tf.Variable(value, dtype=dtype, trainable=False)
+
+
+@dataclasses.dataclass
+class Counters:
+  """Checkpointed with the model: where the run is."""
+  # Steps taken (skipped ones included: they consume their batch too).
+  step: tf.Variable = dataclasses.field(
+      default_factory=lambda: _variable(0, tf.int64))
+  # The current epoch's steps.Totals so far, by name.
+  epoch_totals: dict[str, tf.Variable] = dataclasses.field(
+      default_factory=lambda: {name: _variable(0.0, tf.float64)
+                               for name in steps.Totals._fields})
+  # [workers, replicas] of the run that saved the checkpoint.
+  topology: tf.Variable = dataclasses.field(
+      default_factory=lambda: _variable([0, 0], tf.int64))
+  # The last evaluation's accuracy: a run stopped by train.stop_at_accuracy
+  # stays stopped when started again.
+  eval_accuracy: tf.Variable = dataclasses.field(
+      default_factory=lambda: _variable(0.0, tf.float64))
+
+  def epoch(self) -> steps.Totals:
+    return steps.Totals(**{name: float(variable.numpy())
+                           for name, variable in self.epoch_totals.items()})
+
+
+def build_model(config, *, strategy, settings,
+                steps_per_epoch: int) -> Model:
+  """The model, its optimizer (slots built) and weight average, in scope."""
+  keras.mixed_precision.set_global_policy(settings.precision)
+  with strategy.scope():
+    model = models.create_model(config.model)
+    optimizer = optimizers.create_optimizer(
+        config.optimizer, steps_per_epoch=steps_per_epoch,
+        epochs=config.train.epochs, precision=settings.precision,
+        skip_nonfinite=config.train.on_nonfinite_loss == 'skip')
+    # Slots made now, not lazily inside the first replicated step.
+    optimizer.build(model.trainable_variables)
+    average = (averaging.WeightAverage(model, decay=config.train.ema_decay)
+               if config.train.ema_decay else None)
+  return Model(model=model, optimizer=optimizer, average=average)
+
+
+def checkpointer(config, workdir: str, *, chief: bool, trained: Model,
+                 settings, counters: Counters) -> checkpoints.Checkpointer:
+  """Checkpoints of everything the next step depends on."""
+  optimizer = trained.optimizer
+  return checkpoints.Checkpointer(
+      workdir=workdir, keep=config.checkpoint.keep, is_chief=chief,
+      # tf.train.Checkpoint does not see into a Keras 3 model: list its
+      # variables (batch-norm statistics and dropout's seed state included),
+      # by position, since layer names change with what else the process built.
+      model=[variable.value for variable in trained.model.variables],
+      # The inner optimizer of a LossScaleOptimizer: switching
+      # train.on_nonfinite_loss between runs must not orphan its state.
+      optimizer=getattr(optimizer, 'inner_optimizer', optimizer),
+      step=counters.step, epoch_totals=counters.epoch_totals,
+      topology=counters.topology, eval_accuracy=counters.eval_accuracy,
+      # Dynamic loss scaling's state (train.precision, which decides it, is
+      # run-defining): the scale and the steps since it last grew.
+      **({'loss_scale': [optimizer.dynamic_scale, optimizer.step_counter]}
+         if settings.precision == 'mixed_float16' else {}),
+      **({'weight_average': [*trained.average.averages,
+                             trained.average.updates]}
+         if trained.average else {}))
