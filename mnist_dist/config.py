@@ -76,6 +76,11 @@ def default_config() -> ml_collections.ConfigDict:
   config.train = ml_collections.ConfigDict()
   config.train.epochs = 10
   config.train.global_batch_size = 64
+  # k > 1: each update adds the gradients of k micro-batches of
+  # global_batch_size / k, one after the other, for a global batch the
+  # devices cannot hold at once (batch norm's statistics are then per
+  # micro-batch). Steps, the schedule and checkpoints count updates.
+  config.train.accumulation_steps = 1
   # Steps per call of the compiled loop; each call ends with one log line.
   # 0: auto, a whole epoch on TPU (host round trips are costly there), else 100.
   config.train.steps_per_loop = 0
@@ -232,6 +237,11 @@ def _check_training_and_outputs(config) -> None:
   elif config.optimizer.warmup_epochs:
     raise ConfigError('optimizer.warmup_epochs is for optimizer.schedule='
                       'cosine')
+  if (not isinstance(config.train.accumulation_steps, int) or
+      config.train.accumulation_steps < 1):
+    raise ConfigError(f'train.accumulation_steps='
+                      f'{config.train.accumulation_steps!r} must be an '
+                      'integer >= 1 (1: off)')
   if config.train.steps_per_loop < 0:
     raise ConfigError('train.steps_per_loop must be >= 0 (0: auto)')
   if config.data.validation_split < 0:
@@ -267,6 +277,12 @@ def check_against_run(config, *, num_replicas: int,
     raise ConfigError(
         f'train.global_batch_size={batch} is not divisible by the '
         f'{num_replicas} replicas')
+  micro_batches = config.train.accumulation_steps
+  if batch % (num_replicas * micro_batches):
+    raise ConfigError(
+        f'train.global_batch_size={batch} is not divisible into '
+        f'train.accumulation_steps={micro_batches} micro-batches on each of '
+        f'the {num_replicas} replicas')
   if steps_per_epoch < 1:
     raise ConfigError(
         f'train.global_batch_size={batch} is larger than the training set')

@@ -90,11 +90,35 @@ def _smoothed_loss(labels, logits, label_smoothing):
                                                  tf.cast(logits, tf.float32))
 
 
+def _accumulated(forward_backward, images, labels, *, micro_batches: int):
+  """(gradients, example_sums) of the batch as micro_batches parts, added.
+
+  Each part's loss is already divided by the global batch size, so the sum
+  of the parts' gradients is the gradient of the whole batch's mean loss.
+  Each part waits for the one before it (a control dependency), so that
+  only one part's activations are alive at a time: what accumulation is
+  for, and what the graph executor would not otherwise guarantee.
+  """
+  gradients, sums = None, None
+  for part_images, part_labels in zip(tf.split(images, micro_batches),
+                                      tf.split(labels, micro_batches)):
+    with tf.control_dependencies(gradients or []):
+      part_gradients, part_sums = forward_backward(part_images, part_labels)
+    if gradients is None:
+      gradients, sums = list(part_gradients), part_sums
+    else:
+      gradients = [total + part
+                   for total, part in zip(gradients, part_gradients)]
+      sums = _add(sums, part_sums)
+  return gradients, sums
+
+
 def make_train_step(*, model: keras.Model,
                     optimizer: keras.optimizers.Optimizer,
                     global_batch_size: int, jit_compile: bool,
                     label_smoothing: float = 0.0,
-                    weight_average: averaging.WeightAverage | None = None
+                    weight_average: averaging.WeightAverage | None = None,
+                    accumulation_steps: int = 1
                     ) -> Callable[..., tf.Tensor]:
   """Returns train_step(images, labels) -> `example_sums` of the batch.
 
@@ -113,6 +137,13 @@ def make_train_step(*, model: keras.Model,
   backward pass only; the all-reduce and update stay outside, where every
   strategy supports them. With weight_average, each step ends by folding the
   new weights into it.
+
+  With accumulation_steps=k, each replica's batch is split into k
+  micro-batches whose gradients are added before the one update, so R
+  replicas train as R*k replicas would without it: the same global batch,
+  the same update (batch norm's statistics are those of each micro-batch,
+  as they are each replica's). Regularization losses, computed in full for
+  each micro-batch, are divided by k too. A step is still one update.
   """
 
   def forward_backward(images, labels):
@@ -123,7 +154,8 @@ def make_train_step(*, model: keras.Model,
           _smoothed_loss(labels, logits, label_smoothing) if label_smoothing
           else per_example_loss, global_batch_size=global_batch_size)
       if model.losses:
-        loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+        loss += tf.nn.scale_regularization_loss(
+            tf.add_n(model.losses)) / accumulation_steps
       scaled_loss = optimizer.scale_loss(loss)  # Loss scaling for float16.
     gradients = tape.gradient(scaled_loss, model.trainable_variables)
     return gradients, example_sums(labels, logits, per_example_loss)
@@ -132,7 +164,11 @@ def make_train_step(*, model: keras.Model,
     forward_backward = tf.function(forward_backward, jit_compile=True)
 
   def train_step(images, labels):
-    gradients, sums = forward_backward(images, labels)
+    if accumulation_steps == 1:
+      gradients, sums = forward_backward(images, labels)
+    else:
+      gradients, sums = _accumulated(forward_backward, images, labels,
+                                     micro_batches=accumulation_steps)
     optimizer.apply_gradients(zip(gradients, model.trainable_variables))
     if weight_average:
       weight_average.update()

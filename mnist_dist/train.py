@@ -162,7 +162,8 @@ def _train_loop(config, *, strategy, trained: trainable.Model, settings):
           global_batch_size=config.train.global_batch_size,
           jit_compile=settings.jit_compile,
           label_smoothing=config.train.label_smoothing,
-          weight_average=trained.average),
+          weight_average=trained.average,
+          accumulation_steps=config.train.accumulation_steps),
       stop_on_nonfinite=config.train.on_nonfinite_loss == 'stop')
 
 

@@ -44,10 +44,11 @@ def _wait_for_line(process, needle, timeout=120):
 
 
 # The extras add state that must resume too: the augmentation stream and the
-# weight average (which the checkpointed model variables are not).
+# weight average (which the checkpointed model variables are not); and
+# gradient accumulation, whose steps (updates) the checkpoint counts.
 @pytest.mark.parametrize('extras', [(), (
     '--config.data.augment.max_shift=2', '--config.data.augment.max_rotation=10',
-    '--config.train.ema_decay=0.9')])
+    '--config.train.ema_decay=0.9'), ('--config.train.accumulation_steps=4',)])
 @pytest.mark.slow  # Three trainer processes.
 def test_sigterm_then_resume_lands_where_an_uninterrupted_run_does(tmp_path,
                                                                    extras):

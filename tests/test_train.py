@@ -69,6 +69,24 @@ def test_one_and_two_replicas_reach_the_same_weights(tmp_path, extras):
   _assert_same_run(one, two)
 
 
+# Gradient accumulation: R replicas of k micro-batches train as R*k replicas
+# without it. conv (no batch norm, whose statistics are per micro-batch by
+# design), SGD, as above; a micro-batch loss divided by its own size, not
+# the global batch's, would move the weights k times as far.
+@pytest.mark.parametrize('accumulated, replicated', [
+    ({'train.accumulation_steps': 2}, {'distribution.cpu_devices': 2}),
+    ({'train.accumulation_steps': 2, 'distribution.cpu_devices': 2},
+     {'train.accumulation_steps': 4})])
+def test_k_micro_batches_train_as_k_replicas(tmp_path, accumulated,
+                                             replicated):
+  overrides = {'model.name': 'conv', **_SGD, 'train.steps_per_loop': 4,
+               'data.synthetic_train_examples': 256}
+  one = _run(tmp_path / 'accumulated', {**overrides, **accumulated})
+  two = _run(tmp_path / 'replicated', {**overrides, **replicated})
+  assert [r['step'] for r in one.metrics] == [4]  # Steps count updates.
+  _assert_same_run(one, two)
+
+
 # The multi-GPU path: float16 compute with dynamic loss scaling under
 # Mirrored. With XLA on too: keras-team/keras#21366 reports that combination
 # crashing on TF 2.19 (CI runs this test on 2.19.1, see .ci/run). float16

@@ -34,6 +34,7 @@ OPTIONS = {
     'sync_batch_norm': {'model.sync_batch_norm': True},
     'skip_nonfinite': {'train.on_nonfinite_loss': 'skip'},
     'bfloat16': {'train.precision': 'mixed_bfloat16'},
+    'accumulation': {'train.accumulation_steps': 2},
 }
 CASES = {'plain': {}, **OPTIONS,
          'all_but_adam': {key: value for name, option in OPTIONS.items()
@@ -101,7 +102,8 @@ def _train(case, *, whole_step_xla):
       model=trained.model, optimizer=trained.optimizer,
       global_batch_size=BATCH, jit_compile=False,
       label_smoothing=config.train.label_smoothing,
-      weight_average=trained.average)
+      weight_average=trained.average,
+      accumulation_steps=config.train.accumulation_steps)
   if whole_step_xla:
     train_step = tf.function(train_step, jit_compile=True)
   loop = steps.make_train_loop(
@@ -143,10 +145,12 @@ def test_train_step_compiles_whole_and_agrees_without_xla(case):
   # another order, and Keras computes the variance as E[x^2] - E[x]^2, which
   # magnifies it: its conv_bn gradients are 0.7% from a float64 reference
   # where TensorFlow's own kernels are 4e-6 from it. bfloat16 keeps 8 bits of
-  # mantissa, and the two round differently: updates within 15%.
+  # mantissa, and the two round differently: updates within 15%, losses
+  # within 1.3e-3 (with accumulation: batch norm over micro-batches of 8).
   bfloat16 = CASES[case].get('train.precision') == 'mixed_bfloat16'
   np.testing.assert_allclose(with_xla.loss, without.loss,
-                             rtol=1e-3 if bfloat16 or case == 'adam' else 1e-5)
+                             rtol=3e-3 if bfloat16 else
+                             1e-3 if case == 'adam' else 1e-5)
   assert abs(with_xla.correct - without.correct) <= (2 if bfloat16 else 0)
   assert with_xla_moves.keys() == without_moves.keys()
   for name, want in without_moves.items():
