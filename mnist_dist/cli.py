@@ -1,10 +1,12 @@
-"""What the console scripts share: an error as one line and an exit code.
+"""What the console scripts share: an error as one line and an exit code,
+and the configs by name.
 
 A user who gives a tool a bad flag, file or config sees `error: WHAT` (one
 line, naming it) and an exit code, never a traceback; a bug still shows its
 traceback, since only the classes a tool names are caught.
 """
 
+import importlib.util
 import os
 import sys
 from typing import Callable, NoReturn
@@ -13,10 +15,39 @@ from absl import app
 
 from mnist_dist import errors
 
-# The default --config of the trainer: the codelab's best model.
-DEFAULT_CONFIG = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs',
-    'conv_bn.py')
+# The trainer's config when --config is not given: the codelab's best model.
+DEFAULT_CONFIG_NAME = 'conv_bn'
+
+
+def configs_dir() -> str:
+  """The folder of the config files, configs/*.py.
+
+  Installed, it is the package's `mnist_dist.configs` (setup.cfg maps the
+  repository's configs/ there); in a checkout run without installing, the
+  repository's configs/ itself.
+  """
+  spec = importlib.util.find_spec('mnist_dist.configs')
+  if spec and spec.submodule_search_locations:
+    return list(spec.submodule_search_locations)[0]
+  return os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), 'configs')
+
+
+def config_names() -> list[str]:
+  return sorted(name[:-3] for name in os.listdir(configs_dir())
+                if name.endswith('.py') and not name.startswith('_'))
+
+
+def config_path(name_or_path: str) -> str:
+  """--config's value as a file: a name (conv_bn, fast) as that config's
+  file, anything with a / or .py as the path it is."""
+  if os.sep in name_or_path or name_or_path.endswith('.py'):
+    return name_or_path
+  if name_or_path not in config_names():
+    raise errors.ConfigError(
+        f'--config={name_or_path}: no such config; give a file, or one of: '
+        f'{", ".join(config_names())}')
+  return os.path.join(configs_dir(), name_or_path + '.py')
 
 
 def one_line(error: BaseException) -> str:

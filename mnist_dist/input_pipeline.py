@@ -15,12 +15,14 @@ Augmentation (`augment`, off by default) keeps to the same rule.
 """
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
 import tensorflow as tf
 
 from mnist_dist import augment
+from mnist_dist import downloads
 from mnist_dist import idx
 from mnist_dist.errors import ConfigError
 from mnist_dist.errors import DataError
@@ -38,19 +40,38 @@ class Split:
     return len(self.labels)
 
 
-def _load_tfds(split: str, data_dir: str) -> Split:
+_TO_IDX = 'to read the IDX files instead, pass --config.data.dir=FOLDER'
+
+
+def _tfds_dataset(split: str, data_dir: str) -> tf.data.Dataset:
+  """TFDS's mnist split, downloaded and prepared first if need be; offline,
+  a DataError in seconds instead of TFDS's minutes of retries."""
   import tensorflow_datasets as tfds  # Only this source needs it.
+  load = functools.partial(tfds.load, 'mnist', split=split,
+                           as_supervised=True, data_dir=data_dir or None)
   try:
-    dataset = tfds.load('mnist', split=split, as_supervised=True,
-                        data_dir=data_dir or None)
+    return load(download=False)
+  except AssertionError:  # Not prepared here yet.
+    reason = downloads.why_no_download(
+        tfds.builder('mnist', data_dir=data_dir or None))
+    if reason:
+      raise DataError(f'tfds mnist/{split}: cannot download it: {reason}; '
+                      f'{_TO_IDX}') from None
+    return load(download=True)
+
+
+def _load_tfds(split: str, data_dir: str) -> Split:
+  try:
+    dataset = _tfds_dataset(split, data_dir)
     # batch_size=-1 in tfds.load aborts the process under tfds.testing.
     batches = list(dataset.batch(1 << 16).as_numpy_iterator())
+  except DataError:
+    raise
   except Exception as e:  # TFDS raises many kinds; all mean "no data".
     # Its first line only: some (a wrong checksum) go on for several.
     message = str(e).strip().split('\n')[0]
-    raise DataError(
-        f'tfds mnist/{split}: cannot load ({type(e).__name__}: {message}); to '
-        'read the IDX files instead, pass --config.data.dir=FOLDER') from e
+    raise DataError(f'tfds mnist/{split}: cannot load ({type(e).__name__}: '
+                    f'{message}); {_TO_IDX}') from e
   images = np.concatenate([images for images, _ in batches])
   labels = np.concatenate([labels for _, labels in batches])
   return Split(images[..., 0], labels.astype(np.uint8))

@@ -53,12 +53,11 @@ _BAD_FLAG_ERRORS = (flags.Error, AttributeError, KeyError, TypeError,
                     ValueError, OSError)
 
 
-def _define_flags():
+def _define_flags(*, default_config: str, config_help: str):
   # Defined here, not at import: declaring the config flag already applies
   # the command line's --config.x overrides to the default config.
-  config_flags.DEFINE_config_file(
-      'config', cli.DEFAULT_CONFIG, 'Path to a config file in configs/.',
-      lock_config=True)
+  config_flags.DEFINE_config_file('config', default_config, config_help,
+                                  lock_config=True)
   flags.DEFINE_string('workdir', None,
                       'Where config.json, checkpoints/ and metrics.jsonl go '
                       '(local or gs://); the same workdir resumes a run.')
@@ -100,10 +99,29 @@ def main(argv):
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
+def _config_names_as_paths(argv: list[str]) -> list[str]:
+  """argv with --config=NAME (or --config NAME) as the path of that config:
+  ml_collections loads --config from a file."""
+  paths = list(argv)
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      paths[i] = '--config=' + cli.config_path(arg[len('--config='):])
+    elif arg == '--config' and i + 1 < len(argv):
+      paths[i + 1] = cli.config_path(argv[i + 1])
+  return paths
+
+
 def run():
   """Console-script entry point."""
   try:
-    _define_flags()
+    sys.argv = _config_names_as_paths(sys.argv)
+  except errors.ConfigError as e:
+    cli.fail(str(e), errors.EXIT_BAD_INPUT)
+  default_config = cli.config_path(cli.DEFAULT_CONFIG_NAME)
+  config_help = (f'A config: its name ({", ".join(cli.config_names())}) or '
+                 'the path of a file with get_config().')
+  try:  # Only ml_collections' parsing of --config.x overrides.
+    _define_flags(default_config=default_config, config_help=config_help)
   except _BAD_FLAG_ERRORS as e:
     _fail_on_flag(e)
   cli.run(main, flags_parser=_parse_flags, exit_codes=EXIT_CODES)

@@ -8,10 +8,14 @@ import gzip
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
+from helpers import ROOT
+from helpers import assert_refused
 from helpers import run_main
 from helpers import small_config
 from mnist_dist import errors
@@ -137,6 +141,23 @@ def test_a_tfds_failure_is_one_line_and_exit_code_2(tmp_path):
       '); to read the IDX files instead, pass --config.data.dir=FOLDER')
   assert 'Traceback' not in process.stderr
   assert not os.path.exists(tmp_path / 'run' / 'checkpoints')
+
+
+@pytest.mark.slow  # A trainer process.
+def test_offline_the_first_start_fails_at_once_in_one_line(tmp_path):
+  # A network namespace of its own, with no network: the README's first
+  # command on a machine without internet. TFDS alone retries for minutes
+  # (209 s measured); the subprocess limit is well below that.
+  process = subprocess.run(
+      ['unshare', '--net', sys.executable, '-m', 'mnist_dist.main',
+       f'--workdir={tmp_path / "run"}', '--config.data.source=tfds',
+       f'--config.data.tfds_dir={tmp_path / "tfds"}'],
+      cwd=ROOT, capture_output=True, text=True, timeout=90, check=False)
+  assert_refused(process, code=2, says=(
+      'error: tfds mnist/train: cannot download it: storage.googleapis.com '
+      'does not resolve ('))
+  assert process.stderr.strip().endswith(
+      '; to read the IDX files instead, pass --config.data.dir=FOLDER')
 
 
 def test_an_unusable_tfds_dir_is_a_data_error(tmp_path):
