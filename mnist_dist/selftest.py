@@ -794,7 +794,8 @@ def _check_writable(out: str) -> None:
   folder = os.path.dirname(out)
   try:
     if tf.io.gfile.isdir(out):
-      _fail(f'--out={out} is a folder; give a file, e.g. {out}/selftest.json')
+      _fail(f'--out={out} is a folder; give a file, e.g. '
+            f'{os.path.join(out, "selftest.json")}')
     if folder:
       tf.io.gfile.makedirs(folder)
   except tf.errors.OpError as e:
@@ -805,11 +806,8 @@ def _is_retracing_warning(record) -> bool:
   return 'triggered tf.function retracing' in record.getMessage()
 
 
-def main(args: argparse.Namespace) -> None:
-  console.set_up(tf_logs=getattr(args, console.TF_LOGS_FLAG))
-  # Every row makes loops of its own, each traced once: TensorFlow counts
-  # them as retracings of one function and warns, for nothing.
-  tf.get_logger().addFilter(lambda record: not _is_retracing_warning(record))
+def run_command(args: argparse.Namespace) -> int:
+  """Runs every row, prints the table, writes --out; the exit code."""
   started = time.time()
   if args.out:
     _check_writable(args.out)
@@ -827,8 +825,15 @@ def main(args: argparse.Namespace) -> None:
     except (OSError, tf.errors.OpError) as e:
       _fail(f'--out={args.out}: cannot write it: '
             f'{paths.cause(e) if isinstance(e, tf.errors.OpError) else e}')
-  if any(row.failed for row in rows):
-    sys.exit(EXIT_FAILED_ROW)
+  return EXIT_FAILED_ROW if any(row.failed for row in rows) else 0
+
+
+def main(args: argparse.Namespace) -> None:
+  console.set_up(tf_logs=getattr(args, console.TF_LOGS_FLAG))
+  # Every row makes loops of its own, each traced once: TensorFlow counts
+  # them as retracings of one function and warns, for nothing.
+  tf.get_logger().addFilter(lambda record: not _is_retracing_warning(record))
+  sys.exit(run_command(args))
 
 
 def run():
