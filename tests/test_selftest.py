@@ -169,6 +169,8 @@ def test_a_row_whose_code_raises_fails_naming_the_error(machine):
                            machine, TINY)
   assert row.failed
   assert row.detail == 'raised InvalidArgumentError: XLA cannot compile'
+  (line,) = selftest.format_table([row], machine).splitlines()[2:3]
+  assert line.split()[:4] == ['raising', 'FAIL', '-', '-']
 
 
 def test_a_failed_row_exits_1_after_writing_the_json(tmp_path, monkeypatch):
