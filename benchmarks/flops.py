@@ -1,7 +1,9 @@
 """The machine's limit: the arithmetic a training step needs, and how fast
 this machine can do arithmetic at all.
 
-Two numbers make examples/s comparable with the hardware:
+Two numbers make examples/s comparable with the hardware: this module's
+count, and the matmul rate, which lives in the package so that the installed
+`mnist-dist-selftest` can measure it too:
 
 - `train_flops_per_example`: the floating-point operations of one training
   step (forward, loss, gradient), per example, counted by TensorFlow's
@@ -10,27 +12,21 @@ Two numbers make examples/s comparable with the hardware:
   element-wise arithmetic) at the shapes of the traced batch. Nothing is
   typed in: a change of the model changes the count. The optimizer's update
   (a few operations per weight, once per batch: under 1% here) is not in it.
-- `matmul_gflops`: the rate of a large square matrix product in a dtype,
-  timed on this machine now, the best of a few tries: what the CPU's vector
-  units sustain on the friendliest kernel there is, so a practical ceiling
-  for a training step in that dtype.
+- `matmul_gflops` (`mnist_dist/matmul.py`): the rate of a large square
+  matrix product in a dtype, timed on this machine now, the best of a few
+  tries: what the CPU's vector units sustain on the friendliest kernel
+  there is, so a practical ceiling for a training step in that dtype.
 
 Achieved GFLOP/s = examples/s * FLOPs per example / 1e9; its fraction of
 the float32 (or bfloat16) matmul rate says how far a config is from the
 machine's limit.
 """
 
-import time
-
 import keras
 import ml_collections
 import tensorflow as tf
 
 from mnist_dist import models
-
-MATMUL_SIZE = 2048
-# The dtypes whose matmul rate the benchmarks report.
-MATMUL_DTYPES = ('float32', 'bfloat16')
 
 
 def train_flops_per_example(model_config: ml_collections.ConfigDict, *,
@@ -62,36 +58,3 @@ def train_flops_per_example(model_config: ml_collections.ConfigDict, *,
   options = builder(builder.float_operation()).with_empty_output().build()
   profile = tf.compat.v1.profiler.profile(graph, options=options)
   return profile.total_float_ops / batch_size
-
-
-def matmul_gflops(dtype: str, *, size: int = MATMUL_SIZE, tries: int = 3,
-                  seconds: float = 1.0) -> float:
-  """GFLOP/s of a [size, size] x [size, size] product in dtype: the best of
-  `tries` timings of about `seconds` each, after a warm-up."""
-  a = tf.random.stateless_uniform([size, size], seed=[0, 1], dtype=tf.float32)
-  a = tf.cast(a, dtype)
-
-  @tf.function
-  def products(count):
-    # Each product feeds the next, so none can be skipped or overlapped away.
-    x = a
-    for _ in tf.range(count):
-      x = tf.matmul(x, a) * tf.cast(1 / size, dtype)
-    return x[0, 0]
-
-  flops = 2 * size**3
-  products(tf.constant(1)).numpy()  # Trace and warm up.
-  start = time.perf_counter()
-  products(tf.constant(1)).numpy()
-  count = max(1, round(seconds / (time.perf_counter() - start)))
-  best = float('inf')
-  for _ in range(tries):
-    start = time.perf_counter()
-    products(tf.constant(count)).numpy()
-    best = min(best, (time.perf_counter() - start) / count)
-  return flops / best / 1e9
-
-
-def matmul_rates() -> dict[str, float]:
-  """{dtype: GFLOP/s} for MATMUL_DTYPES, rounded."""
-  return {dtype: round(matmul_gflops(dtype)) for dtype in MATMUL_DTYPES}

@@ -40,6 +40,7 @@ from absl import flags
 
 from benchmarks import flops
 from benchmarks import runner
+from mnist_dist import matmul
 from mnist_dist import workdir as workdir_lib
 
 _OUT = flags.DEFINE_string('out', '/tmp/throughput', 'Output folder.')
@@ -118,29 +119,29 @@ def print_table(rows: list[dict], *, matmul_gflops: dict[str, float]) -> None:
       'config', 'this trainer', 'examples/s', 'model.fit examples/s', 'ratio',
       'MFLOP per example', 'GFLOP/s',
       *(f'of {dtype} matmul ({matmul_gflops[dtype]})'
-        for dtype in flops.MATMUL_DTYPES), 'command to first loop end')
+        for dtype in matmul.MATMUL_DTYPES), 'command to first loop end')
   for row in rows:
     runner.print_row(
         row['config'], row['variant'], f'{row["trainer_examples_per_s"]:,}',
         f'{row["fit_examples_per_s"]:,}', f'{row["ratio"]}x',
         row['mflop_per_example'], row['gflop_per_s'],
         *(f'{row["gflop_per_s"] / matmul_gflops[dtype]:.0%}'
-          for dtype in flops.MATMUL_DTYPES), f'{row["first_loop_s"]} s')
+          for dtype in matmul.MATMUL_DTYPES), f'{row["first_loop_s"]} s')
 
 
 def main(argv):
   del argv
   os.makedirs(_OUT.value, exist_ok=True)
-  before = flops.matmul_rates()
+  before = matmul.matmul_rates()
   rows = [row for name in _CONFIGS.value for row in measure(name, _OUT.value)]
-  after = flops.matmul_rates()
+  after = matmul.matmul_rates()
   print(runner.describe_machine())
-  print(f'Matmul {flops.MATMUL_SIZE}x{flops.MATMUL_SIZE}, GFLOP/s before / '
+  print(f'Matmul {matmul.MATMUL_SIZE}x{matmul.MATMUL_SIZE}, GFLOP/s before / '
         'after the runs: ' + '; '.join(
             f'{dtype} {before[dtype]} / {after[dtype]}'
-            for dtype in flops.MATMUL_DTYPES))
+            for dtype in matmul.MATMUL_DTYPES))
   print_table(rows, matmul_gflops={dtype: max(before[dtype], after[dtype])
-                                   for dtype in flops.MATMUL_DTYPES})
+                                   for dtype in matmul.MATMUL_DTYPES})
   runner.write_json(_OUT.value, 'throughput.json',
                     {'machine': runner.machine(),
                      'trainer_flags': _TRAINER_FLAGS.value,

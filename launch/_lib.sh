@@ -1,7 +1,8 @@
 # Shared by the launch/*.sh scripts (sourced, not run); bash 3.2 or later.
 #
-#   lib_init NAME "$@"   parses the script's own options (--dry-run, -h/--help)
-#                         and leaves the remaining arguments in ARGS.
+#   lib_init NAME "$@"   parses the script's own options (--dry-run,
+#                         --skip_selftest, -h/--help) and leaves the remaining
+#                         arguments in ARGS.
 #   run CMD...            prints "+ CMD" (quoted so that it can be pasted into a
 #                         shell), then runs CMD, or only prints it in dry-run
 #                         mode (DRY_RUN=1 or --dry-run): on stdout when dry, on
@@ -13,9 +14,15 @@
 #   require VAR HINT      dies with a clear message when $VAR is empty.
 #   split_config_arg ...  takes --config=PATH (or --config PATH) out of the
 #                         trainer arguments: sets CONFIG_ARG and TRAINER_ARGS.
+#   option_value NAME ... prints the value of --NAME=VALUE (or --NAME VALUE)
+#                         among the arguments, the last one; nothing if none.
+#
+# SKIP_SELFTEST=1 after --skip_selftest: the scripts then train without
+# running mnist-dist-selftest first.
 
 LIB_NAME=launch
 DRY_RUN=${DRY_RUN:-0}
+SKIP_SELFTEST=0
 ARGS=()
 
 die() {
@@ -100,6 +107,7 @@ lib_init() {
   while (($#)); do
     case "$1" in
       --dry-run) DRY_RUN=1 ;;
+      --skip_selftest) SKIP_SELFTEST=1 ;;
       -h|--help) print_header "$script"; exit 0 ;;
       --) shift; ARGS+=("$@"); break ;;
       *) ARGS+=("$1") ;;
@@ -123,4 +131,17 @@ split_config_arg() {
     esac
     shift
   done
+}
+
+option_value() {
+  local name=$1 value=''
+  shift
+  while (($#)); do
+    case "$1" in
+      --"$name"=*) value=${1#--"$name"=} ;;
+      --"$name") (($# >= 2)) && value=$2 && shift ;;
+    esac
+    shift
+  done
+  printf '%s' "$value"
 }

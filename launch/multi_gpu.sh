@@ -8,12 +8,15 @@
 # Costs: nothing beyond your machine.
 #
 # Usage:
-#   GPUS=0,1 launch/multi_gpu.sh [--dry-run] --workdir=DIR [TRAINER ARGS...]
+#   GPUS=0,1 launch/multi_gpu.sh [--dry-run] [--skip_selftest] --workdir=DIR [TRAINER ARGS...]
 #   GPUS=0,1 launch/multi_gpu.sh --workdir=/tmp/run1 --config.data.dir=../shared/mnist \
 #       --config.train.precision=mixed_float16
 #   DRY_RUN=1 GPUS=0,1 launch/multi_gpu.sh --workdir=/tmp/run1
 #
-# Runs: CUDA_VISIBLE_DEVICES=$GPUS python3 -m mnist_dist.main --config=CONFIG
+# Runs: CUDA_VISIBLE_DEVICES=$GPUS python3 -m mnist_dist.selftest
+#   --out=DIR/selftest.json (the distributed math on these GPUs; a failed row
+#   stops here, with its exit code; --skip_selftest skips it), then
+#   CUDA_VISIBLE_DEVICES=$GPUS python3 -m mnist_dist.main --config=CONFIG
 #   --config.distribution.strategy=mirrored TRAINER ARGS...
 # GPUS: the GPU indices to use (CUDA_VISIBLE_DEVICES); unset: every visible
 #   GPU. CONFIG: configs/conv_bn.py unless a --config=PATH is among the trainer
@@ -37,13 +40,23 @@ PYTHON=${PYTHON:-python3}
 CONFIG=${CONFIG_ARG:-${CONFIG:-$REPO/configs/conv_bn.py}}
 [[ -f $CONFIG ]] || die "no config file $CONFIG"
 
-COMMAND=()
+ENVIRONMENT=()
 if [[ -n ${GPUS:-} ]]; then
   [[ $GPUS =~ ^[0-9]+(,[0-9]+)*$ ]] ||
     die "GPUS=$GPUS: give GPU indices separated by commas, e.g. GPUS=0,1"
-  COMMAND+=(env CUDA_VISIBLE_DEVICES="$GPUS")
+  ENVIRONMENT=(env CUDA_VISIBLE_DEVICES="$GPUS")
 fi
-COMMAND+=("$PYTHON" -m mnist_dist.main --config="$CONFIG"
-  --config.distribution.strategy=mirrored
-  "${TRAINER_ARGS[@]+"${TRAINER_ARGS[@]}"}")
-run_exec "${COMMAND[@]}"
+
+if [[ $SKIP_SELFTEST != 1 ]]; then
+  WORKDIR=$(option_value workdir "${TRAINER_ARGS[@]+"${TRAINER_ARGS[@]}"}")
+  SELFTEST=("${ENVIRONMENT[@]+"${ENVIRONMENT[@]}"}" "$PYTHON" -m mnist_dist.selftest)
+  [[ -n $WORKDIR ]] && SELFTEST+=(--out="${WORKDIR%/}/selftest.json")
+  run "${SELFTEST[@]}" || {
+    status=$?
+    note "the self-test failed (exit $status; its table is above): not training. --skip_selftest trains without it"
+    exit "$status"
+  }
+fi
+run_exec "${ENVIRONMENT[@]+"${ENVIRONMENT[@]}"}" "$PYTHON" -m mnist_dist.main \
+  --config="$CONFIG" --config.distribution.strategy=mirrored \
+  "${TRAINER_ARGS[@]+"${TRAINER_ARGS[@]}"}"

@@ -19,12 +19,16 @@
 #   tpu-vm list --zone=ZONE` if in doubt.
 #
 # Usage:
-#   PROJECT=my-project BUCKET=gs://my-bucket launch/tpu_vm.sh [--dry-run] [TRAINER ARGS...]
+#   PROJECT=my-project BUCKET=gs://my-bucket launch/tpu_vm.sh [--dry-run] [--skip_selftest] [TRAINER ARGS...]
 #   DRY_RUN=1 PROJECT=p BUCKET=b launch/tpu_vm.sh --config.train.epochs=1
 #   PROJECT=p BUCKET=b ACCELERATOR_TYPE=v4-32 DATA_DIR=gs://b/mnist launch/tpu_vm.sh
 # --dry-run (or DRY_RUN=1) prints every command, one per line after "+ ",
 # instead of running it. TRAINER ARGS go to `python -m mnist_dist.main`, e.g.
 # --config=configs/conv.py or --config.train.precision=mixed_bfloat16.
+# Before training, mnist-dist-selftest checks the distributed math on the TPU
+# (WORKDIR/selftest.json); a failed row stops there, without training (the
+# workdir is still copied back and the TPU deleted). --skip_selftest trains
+# without it.
 #
 # Variables (environment):
 #   PROJECT           required: the GCP project.
@@ -69,8 +73,9 @@
 # host's TPU runtime over the network (as Google's own TF-on-TPU CI,
 # GoogleCloudPlatform/ml-auto-solutions, runs pod slices). Copying and the
 # install still go to --worker=all. Data and workdir must then be on gs://.
-# Exit code: the trainer's when it fails (75: interrupted after a checkpoint,
-# run again to resume), 2 for a bad variable, else the failing step's.
+# Exit code: the self-test's when a row fails (1), the trainer's when it fails
+# (75: interrupted after a checkpoint, run again to resume), 2 for a bad
+# variable, else the failing step's.
 
 set -euo pipefail
 
@@ -157,6 +162,9 @@ if [[ $POD == 1 ]]; then
 fi
 TRAIN_ARGS+=("${TRAINER_ARGS[@]+"${TRAINER_ARGS[@]}"}")
 TRAIN_CMD="cd $REMOTE_DIR && ${REMOTE_ENV}${TRAIN_ENV:+$TRAIN_ENV }bash launch/tpu_vm_remote.sh train $(shell_join "${TRAIN_ARGS[@]}")"
+SELFTEST_ARGS=(--out="$WORKDIR/selftest.json")
+[[ $POD == 1 ]] && SELFTEST_ARGS+=(--tpu="$NAME")
+SELFTEST_CMD="cd $REMOTE_DIR && ${REMOTE_ENV}${TRAIN_ENV:+$TRAIN_ENV }bash launch/tpu_vm_remote.sh selftest $(shell_join "${SELFTEST_ARGS[@]}")"
 
 # --- clean-up, on every exit: deletes the TPU once it exists, or when the
 # script is interrupted while creating it (the creation goes on without us).
@@ -207,13 +215,23 @@ run gcloud compute tpus tpu-vm scp "$TARBALL" "$NAME:$REMOTE_TARBALL" \
 run gcloud compute tpus tpu-vm ssh "$NAME" "${TPU_FLAGS[@]}" --worker=all \
   --command="$INSTALL_CMD"
 
+selftest_status=0
+if [[ $SKIP_SELFTEST != 1 ]]; then
+  run gcloud compute tpus tpu-vm ssh "$NAME" "${TPU_FLAGS[@]}" \
+    --worker="$TRAIN_WORKER" --command="$SELFTEST_CMD" || selftest_status=$?
+fi
 train_status=0
-run gcloud compute tpus tpu-vm ssh "$NAME" "${TPU_FLAGS[@]}" \
-  --worker="$TRAIN_WORKER" --command="$TRAIN_CMD" || train_status=$?
-if ((train_status == 75)); then
-  note "the trainer was interrupted after saving a checkpoint (exit 75): run the same command again to resume from $WORKDIR"
-elif ((train_status)); then
-  note "the training step failed (exit $train_status); copying back what the workdir holds"
+if ((selftest_status)); then
+  note "the self-test failed (exit $selftest_status): not training; its table is in $WORKDIR/selftest.json, copied back below. --skip_selftest trains without it"
+  train_status=$selftest_status
+else
+  run gcloud compute tpus tpu-vm ssh "$NAME" "${TPU_FLAGS[@]}" \
+    --worker="$TRAIN_WORKER" --command="$TRAIN_CMD" || train_status=$?
+  if ((train_status == 75)); then
+    note "the trainer was interrupted after saving a checkpoint (exit 75): run the same command again to resume from $WORKDIR"
+  elif ((train_status)); then
+    note "the training step failed (exit $train_status); copying back what the workdir holds"
+  fi
 fi
 
 copy_status=0

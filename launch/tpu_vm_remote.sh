@@ -4,6 +4,7 @@
 # local use; costs nothing by itself.
 #
 #   TF_TPU_PIP="tensorflow-tpu==2.19.1" bash launch/tpu_vm_remote.sh install
+#   [TPU_POD=1] bash launch/tpu_vm_remote.sh selftest SELFTEST ARGS...
 #   [TPU_POD=1] bash launch/tpu_vm_remote.sh train TRAINER ARGS...
 #
 # install: pip-installs the TPU build of TensorFlow (TF_TPU_PIP, word-split into
@@ -12,6 +13,8 @@
 #   `tensorflow`: `pip install -e .` alone would pull the PyPI tensorflow over
 #   the TPU build, which pip does not count as `tensorflow` (its distribution
 #   is tensorflow-tpu).
+# selftest: runs `python3 -m mnist_dist.selftest ARGS` (the distributed math
+#   on this TPU; exit 1 on a failed row), in the environment train has.
 # train: runs `python3 -m mnist_dist.main ARGS`. TPU_POD=1 (worker 0 of a pod
 #   slice) sets TPU_LOAD_LIBRARY=0: that process drives every host's TPU
 #   runtime and must not take the local chips itself. On one host, when
@@ -51,6 +54,23 @@ if spec and spec.origin:
 EOF
 }
 
+# The TPU runtime's environment, for selftest and train.
+tpu_environment() {
+  if [[ ${TPU_POD:-0} == 1 ]]; then
+    export TPU_LOAD_LIBRARY=0
+  elif [[ -z ${TF_PLUGGABLE_DEVICE_LIBRARY_PATH:-} ]]; then
+    local library
+    library=$(libtpu_path)
+    if [[ -z $library && -f /lib/libtpu.so ]]; then
+      library=/lib/libtpu.so
+    fi
+    if [[ -n $library ]]; then
+      export NEXT_PLUGGABLE_DEVICE_USE_C_API=true
+      export TF_PLUGGABLE_DEVICE_LIBRARY_PATH=$library
+    fi
+  fi
+}
+
 case "${1:-}" in
   install)
     if [[ -n ${TF_TPU_PIP:-} ]]; then
@@ -63,24 +83,18 @@ case "${1:-}" in
     "$PYTHON" -m pip install "${requirements[@]}"
     "$PYTHON" -c 'import tensorflow as tf, keras; print("TensorFlow", tf.__version__, "Keras", keras.__version__)'
     ;;
+  selftest)
+    shift
+    tpu_environment
+    exec "$PYTHON" -m mnist_dist.selftest "$@"
+    ;;
   train)
     shift
-    if [[ ${TPU_POD:-0} == 1 ]]; then
-      export TPU_LOAD_LIBRARY=0
-    elif [[ -z ${TF_PLUGGABLE_DEVICE_LIBRARY_PATH:-} ]]; then
-      library=$(libtpu_path)
-      if [[ -z $library && -f /lib/libtpu.so ]]; then
-        library=/lib/libtpu.so
-      fi
-      if [[ -n $library ]]; then
-        export NEXT_PLUGGABLE_DEVICE_USE_C_API=true
-        export TF_PLUGGABLE_DEVICE_LIBRARY_PATH=$library
-      fi
-    fi
+    tpu_environment
     exec "$PYTHON" -m mnist_dist.main "$@"
     ;;
   *)
-    echo 'usage: bash launch/tpu_vm_remote.sh install|train [TRAINER ARGS...]' >&2
+    echo 'usage: bash launch/tpu_vm_remote.sh install|selftest|train [ARGS...]' >&2
     exit 2
     ;;
 esac

@@ -17,13 +17,16 @@
 #   `gcloud ai hp-tuning-jobs ...`).
 #
 # Usage:
-#   PROJECT=my-project BUCKET=gs://my-bucket launch/vertex.sh [--dry-run] job|hptune [TRAINER ARGS...]
+#   PROJECT=my-project BUCKET=gs://my-bucket launch/vertex.sh [--dry-run] [--skip_selftest] job|hptune [TRAINER ARGS...]
 #   PROJECT=p BUCKET=b DATA_DIR=gs://b/mnist launch/vertex.sh job --config.train.epochs=3
 #   DRY_RUN=1 PROJECT=p BUCKET=b launch/vertex.sh hptune
 # --dry-run (or DRY_RUN=1) prints every command after "+ " instead of running
 # it (the spec is still filled in, locally, so that it can be read). TRAINER
 # ARGS are added to the spec's trainer arguments (--config=PATH picks the
-# config file, which is uploaded).
+# config file, which is uploaded). A job's replicas each run mnist-dist-selftest
+# on their own GPU before training and stop on a failed row (the tables go to
+# the workdir: selftest.json from the chief); --skip_selftest trains without
+# it. (Tuning trials do not run it.)
 #
 # Variables (environment):
 #   PROJECT        required: the GCP project.
@@ -53,7 +56,11 @@ set -- "${ARGS[@]+"${ARGS[@]}"}"
 MODE=${1:-}
 case "$MODE" in
   job) SPEC=${JOB_SPEC:-$HERE/vertex_job.yaml} ;;
-  hptune) SPEC=${HPTUNE_SPEC:-$HERE/vertex_hptune.yaml} ;;
+  hptune)
+    SPEC=${HPTUNE_SPEC:-$HERE/vertex_hptune.yaml}
+    [[ $SKIP_SELFTEST != 1 ]] ||
+      die '--skip_selftest is for job: tuning trials do not run the self-test'
+    ;;
   *) die "first argument: job or hptune, not '${MODE}' (usage: vertex.sh --help)" ;;
 esac
 shift
@@ -124,15 +131,15 @@ yaml_escape() {
   printf '%s' "$text"
 }
 
-PLACEHOLDERS=(PACKAGE_URI PACKAGE_PATH CONFIG_PATH WORKDIR DATA_DIR STAGING_URI)
+PLACEHOLDERS=(PACKAGE_PATH CONFIG_PATH WORKDIR DATA_DIR STAGING_URI SELFTEST)
 placeholder_value() {
   case "$1" in
-    PACKAGE_URI) printf '%s' "$STAGING_URI/$SDIST_NAME" ;;
     PACKAGE_PATH) printf '%s' "/gcs/$BUCKET/$PREFIX/$SDIST_NAME" ;;
     CONFIG_PATH) printf '%s' "/gcs/$BUCKET/$PREFIX/configs/$CONFIG_NAME" ;;
     WORKDIR) printf '%s' "$WORKDIR" ;;
     DATA_DIR) printf '%s' "$DATA_DIR" ;;
     STAGING_URI) printf '%s' "$STAGING_URI" ;;
+    SELFTEST) printf '%s' "$((1 - SKIP_SELFTEST))" ;;
   esac
 }
 

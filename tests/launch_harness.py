@@ -23,8 +23,8 @@ LAUNCH = os.path.join(ROOT, 'launch')
 # $FAKE_LOG; exits $FAKE_FAIL_CODE (default 1) when an argument contains
 # $FAKE_FAIL_PATTERN; sleeps 30 s when one contains $FAKE_SLEEP_PATTERN. As a
 # Python, it fakes `-m pip`, `-m build` (writes an empty sdist), `-m
-# mnist_dist.main` and the import checks, and hands anything else (the
-# scripts' small Python snippets) to the real interpreter.
+# mnist_dist.main`, `-m mnist_dist.selftest` and the import checks, and hands
+# anything else (the scripts' small Python snippets) to the real interpreter.
 FAKE = r'''#!{python}
 import json, os, sys, tarfile, time
 argv = sys.argv[1:]
@@ -33,7 +33,7 @@ record = {{'prog': prog, 'argv': argv, 'cwd': os.getcwd(), 'env': {{
     k: os.environ[k] for k in (
         'CUDA_VISIBLE_DEVICES', 'TPU_LOAD_LIBRARY', 'TPU_NAME',
         'NEXT_PLUGGABLE_DEVICE_USE_C_API', 'TF_PLUGGABLE_DEVICE_LIBRARY_PATH',
-        'PACKAGE', 'WORKDIR') if k in os.environ}}}}
+        'PACKAGE', 'WORKDIR', 'SELFTEST') if k in os.environ}}}}
 if prog == 'gcloud' and 'scp' in argv:
   source = argv[argv.index('scp') + 1]
   if os.path.exists(source):
@@ -42,7 +42,8 @@ if prog == 'gcloud' and 'scp' in argv:
 if prog == 'gcloud' and argv[:2] == ['storage', 'cp'] and '-r' not in argv:
   record['source_exists'] = os.path.exists(argv[2])
 if prog != 'gcloud':
-  faked = (argv[:2] in (['-m', 'pip'], ['-m', 'mnist_dist.main'])
+  faked = (argv[:2] in (['-m', 'pip'], ['-m', 'mnist_dist.main'],
+                        ['-m', 'mnist_dist.selftest'])
            or argv[:2] == ['-m', 'build']
            or (argv[:1] == ['-c'] and ('import build' in argv[1]
                                        or 'import tensorflow' in argv[1])))
@@ -73,7 +74,8 @@ SCRIPT_VARIABLES = (
     'GPUS', 'PYTHON', 'REGION', 'RUN_ID', 'DISPLAY_NAME', 'JOB_SPEC',
     'HPTUNE_SPEC', 'WORK_DIR', 'TPU_POD', 'TPU_NAME', 'TPU_LOAD_LIBRARY',
     'TF_PLUGGABLE_DEVICE_LIBRARY_PATH', 'NEXT_PLUGGABLE_DEVICE_USE_C_API',
-    'CLOUD_ML_TRIAL_ID', 'AIP_MODEL_DIR', 'CUDA_VISIBLE_DEVICES', 'PYTHONPATH')
+    'CLOUD_ML_TRIAL_ID', 'AIP_MODEL_DIR', 'CUDA_VISIBLE_DEVICES', 'PYTHONPATH',
+    'TF_CONFIG', 'SELFTEST')
 
 
 class Env:

@@ -25,7 +25,8 @@ TPU_TRAINER_ARGS = ['--config.train.epochs=1', TRICKY_ARG]
 TPU_FLAGS = ['--project=my-proj', '--zone=europe-west4-a']
 
 
-def expected_tpu_commands(tmp, out_dir, *, train_status=0, install_fails=False):
+def expected_tpu_commands(tmp, out_dir, *, install_fails=False,
+                          selftest=True, train=True):
   tarball = str(tmp / 'mnist_dist-mnist-test.tar.gz')
   gcloud = [
       ['gcloud', 'compute', 'tpus', 'tpu-vm', 'create', 'mnist-test',
@@ -40,8 +41,10 @@ def expected_tpu_commands(tmp, out_dir, *, train_status=0, install_fails=False):
             *TPU_FLAGS, '--quiet']
   if install_fails:
     return gcloud + [delete]
-  gcloud.append(['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', 'mnist-test',
-                 *TPU_FLAGS, '--worker=all', 'TRAIN'])
+  for tag, wanted in (('SELFTEST', selftest), ('TRAIN', train)):
+    if wanted:
+      gcloud.append(['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', 'mnist-test',
+                     *TPU_FLAGS, '--worker=all', tag])
   return gcloud + [
       ['gcloud', 'storage', 'cp', '-r', TPU_WORKDIR, f'{out_dir}/'], delete]
 
@@ -49,7 +52,7 @@ def expected_tpu_commands(tmp, out_dir, *, train_status=0, install_fails=False):
 def check_tpu_commands(commands, tmp, out_dir, **kwargs):
   """Compares, with the two --command strings checked separately."""
   expected = expected_tpu_commands(tmp, out_dir, **kwargs)
-  install = train = None
+  install = selftest = train = None
   normalized = []
   for argv in commands:
     argv = list(argv)
@@ -58,6 +61,8 @@ def check_tpu_commands(commands, tmp, out_dir, **kwargs):
       argv = [a for a in argv if not a.startswith('--command=')]
       if 'tpu_vm_remote.sh install' in command:
         install, tag = command, 'INSTALL'
+      elif 'tpu_vm_remote.sh selftest' in command:
+        selftest, tag = command, 'SELFTEST'
       else:
         train, tag = command, 'TRAIN'
       argv.append(tag)
@@ -70,6 +75,10 @@ def check_tpu_commands(commands, tmp, out_dir, **kwargs):
       'TF_TPU_PIP=tensorflow-tpu==2.18.0',
       'bash',
       'launch/tpu_vm_remote.sh', 'install']
+  if selftest is not None:
+    assert shlex.split(selftest) == [
+        'cd', 'mnist_dist', '&&', 'bash', 'launch/tpu_vm_remote.sh',
+        'selftest', f'--out={TPU_WORKDIR}/selftest.json']
   if train is not None:
     assert shlex.split(train) == [
         'cd', 'mnist_dist', '&&', 'bash', 'launch/tpu_vm_remote.sh', 'train',
@@ -96,7 +105,7 @@ def test_tpu_vm_dry_run_from_the_environment_variable(env):
   process = env.run(TPU_VM, TPU_TRAINER_ARGS, DRY_RUN=1,
                     OUT_DIR=env.tmp / 'out', **TPU_ENV)
   assert process.returncode == 0, process.stderr
-  assert len(dry_run_commands(process.stdout)) == 8
+  assert len(dry_run_commands(process.stdout)) == 9
   assert env.calls() == []
 
 
@@ -136,6 +145,29 @@ def test_tpu_vm_deletes_the_vm_when_training_fails(env, code):
     assert 'run the same command again to resume' in process.stderr
   else:
     assert 'the training step failed (exit 1)' in process.stderr
+
+
+def test_tpu_vm_stops_before_training_when_the_selftest_fails(env):
+  out_dir = env.tmp / 'out'
+  process = env.run(TPU_VM, TPU_TRAINER_ARGS, OUT_DIR=out_dir,
+                    FAKE_FAIL_PATTERN='tpu_vm_remote.sh selftest', **TPU_ENV)
+  assert process.returncode == 1, process.stderr
+  commands = [['gcloud', *c['argv']] for c in env.calls('gcloud')]
+  # No training; the workdir (with selftest.json) is copied back, then the
+  # TPU is deleted.
+  check_tpu_commands(commands, env.tmp, out_dir, train=False)
+  assert (f'tpu_vm.sh: the self-test failed (exit 1): not training; its table '
+          f'is in {TPU_WORKDIR}/selftest.json') in process.stderr
+  assert 'the training step failed' not in process.stderr
+
+
+def test_tpu_vm_skip_selftest_trains_without_it(env):
+  out_dir = env.tmp / 'out'
+  process = env.run(TPU_VM, ['--skip_selftest', *TPU_TRAINER_ARGS],
+                    OUT_DIR=out_dir, **TPU_ENV)
+  assert process.returncode == 0, process.stderr
+  commands = [['gcloud', *c['argv']] for c in env.calls('gcloud')]
+  check_tpu_commands(commands, env.tmp, out_dir, selftest=False)
 
 
 def test_tpu_vm_deletes_the_vm_when_the_install_fails(env):
@@ -245,8 +277,14 @@ def test_tpu_vm_pod_slice_runs_the_trainer_on_worker_0(env):
   create = [c for c in commands if 'create' in c][0]
   assert '--version=tpu-ubuntu2204-base' in create and '--spot' in create
   ssh = [c for c in commands if 'ssh' in c]
-  assert [option(c, 'worker') for c in ssh] == ['all', '0']
-  train = shlex.split(option(ssh[1], 'command'))
+  assert [option(c, 'worker') for c in ssh] == ['all', '0', '0']
+  selftest = shlex.split(option(ssh[1], 'command'))
+  assert selftest == [
+      'cd', 'mnist_dist', '&&', 'TPU_POD=1', 'TPU_NAME=mnist-dist-tpu', 'bash',
+      'launch/tpu_vm_remote.sh', 'selftest',
+      '--out=gs://b/mnist_dist/mnist-dist-tpu/selftest.json',
+      '--tpu=mnist-dist-tpu']
+  train = shlex.split(option(ssh[2], 'command'))
   assert train[:7] == ['cd', 'mnist_dist', '&&', 'TPU_POD=1',
                        'TPU_NAME=mnist-dist-tpu', 'bash',
                        'launch/tpu_vm_remote.sh']
@@ -275,13 +313,18 @@ def test_tpu_vm_remote_install_keeps_the_tpu_build_of_tensorflow(env):
   assert all(c['cwd'] == ROOT for c in env.calls('fakepython'))
 
 
-def test_tpu_vm_remote_train_sets_the_tpu_environment(env, tmp_path):
-  args = ['--config=configs/conv_bn.py', '--config.distribution.strategy=tpu']
-  process = env.run('bash', [REMOTE, 'train', *args], cwd=tmp_path,
+@pytest.mark.parametrize('command,module,args', [
+    ('train', 'mnist_dist.main',
+     ['--config=configs/conv_bn.py', '--config.distribution.strategy=tpu']),
+    ('selftest', 'mnist_dist.selftest', ['--out=gs://b/w/selftest.json']),
+])
+def test_tpu_vm_remote_sets_the_tpu_environment(env, tmp_path, command, module,
+                                                args):
+  process = env.run('bash', [REMOTE, command, *args], cwd=tmp_path,
                     PYTHON=env.bin / 'fakepython', TPU_POD=1)
   assert process.returncode == 0, process.stderr
   (call,) = env.calls('fakepython')
-  assert call['argv'] == ['-m', 'mnist_dist.main', *args]
+  assert call['argv'] == ['-m', module, *args]
   assert call['env'].get('TPU_LOAD_LIBRARY') == '0'
   # One host with pip's libtpu: the PJRT plugin variables point at it.
   libtpu = tmp_path / 'site' / 'libtpu'
@@ -289,7 +332,7 @@ def test_tpu_vm_remote_train_sets_the_tpu_environment(env, tmp_path):
   (libtpu / '__init__.py').write_text('')
   (libtpu / 'libtpu.so').write_text('')
   env.log.unlink()
-  process = env.run('bash', [REMOTE, 'train', *args], cwd=tmp_path,
+  process = env.run('bash', [REMOTE, command, *args], cwd=tmp_path,
                     PYTHON=env.bin / 'fakepython',
                     PYTHONPATH=tmp_path / 'site')
   assert process.returncode == 0, process.stderr

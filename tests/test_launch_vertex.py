@@ -1,6 +1,7 @@
 """launch/vertex.sh and its specs (vertex_job.yaml, vertex_hptune.yaml), run
 without any cloud (the harness: launch_harness.py)."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -53,12 +54,13 @@ def test_vertex_dry_run_submits_the_custom_job(env):
   assert chief['replicaCount'] == 1 and workers['replicaCount'] >= 1
   for pool in (chief, workers):
     assert pool['machineSpec']['acceleratorType'].startswith('NVIDIA_')
-    package = pool['pythonPackageSpec']
-    assert package['packageUris'] == [f'{STAGING}/mnist_dist-0.1.0.tar.gz']
-    assert package['pythonModule'] == 'mnist_dist.main'
-    assert 'vertex-ai/training/tf-' in package['executorImageUri']
-    assert package['args'] == [
-        f'--config={MOUNTED}/configs/conv_bn.py', f'--workdir={STAGING}/workdir',
+    container = pool['containerSpec']
+    assert 'vertex-ai/training/tf-gpu.' in container['imageUri']
+    assert {e['name']: e['value'] for e in container['env']} == {
+        'PACKAGE': f'{MOUNTED}/mnist_dist-0.1.0.tar.gz',
+        'WORKDIR': f'{STAGING}/workdir', 'SELFTEST': '1'}
+    assert container['args'] == [
+        f'--config={MOUNTED}/configs/conv_bn.py',
         '--config.data.dir=gs://my-bucket/mnist',
         '--config.distribution.strategy=multi_worker_mirrored',
         '--config.train.epochs=3', TRICKY_ARG]
@@ -147,6 +149,61 @@ def test_vertex_trial_wrapper_takes_the_trial_from_aip_model_dir(env):
   assert argv[-1] == f'--workdir={STAGING}/workdir/trial_7'
 
 
+def run_job_wrapper(env, *vertex_args, task=None, **variables):
+  """Runs a job replica's container command as Vertex AI would, with
+  TF_CONFIG naming task ('chief', 0) or ('worker', N)."""
+  _, work_dir = vertex_dry_run(env, 'job', *vertex_args)
+  spec = yaml.safe_load((work_dir / 'vertex_job.yaml').read_text())
+  container = spec['workerPoolSpecs'][0 if task[0] == 'chief' else 1][
+      'containerSpec']
+  container_env = {e['name']: e['value'] for e in container['env']}
+  tf_config = json.dumps({'cluster': {'chief': ['h0:2222'],
+                                      'worker': ['h1:2222', 'h2:2222']},
+                          'task': {'type': task[0], 'index': task[1]}})
+  command = container['command'] + container['args']
+  return env.run(command[0], command[1:], **container_env, TF_CONFIG=tf_config,
+                 **variables)
+
+
+JOB_TRAINER_ARGV = [
+    '-m', 'mnist_dist.main', f'--config={MOUNTED}/configs/conv_bn.py',
+    '--config.data.dir=gs://my-bucket/mnist',
+    '--config.distribution.strategy=multi_worker_mirrored',
+    f'--workdir={STAGING}/workdir']
+
+
+@pytest.mark.parametrize('task,out', [
+    (('chief', 0), 'selftest.json'), (('worker', 1), 'selftest-worker-1.json')])
+def test_vertex_job_replicas_run_the_selftest_then_train(env, task, out):
+  process = run_job_wrapper(env, task=task)
+  assert process.returncode == 0, process.stderr
+  pip, selftest, trainer = env.calls('python3')
+  assert pip['argv'] == ['-m', 'pip', 'install', '--quiet',
+                         f'{MOUNTED}/mnist_dist-0.1.0.tar.gz']
+  assert selftest['argv'] == ['-m', 'mnist_dist.selftest',
+                              f'--out={STAGING}/workdir/{out}']
+  assert trainer['argv'] == JOB_TRAINER_ARGV
+
+
+def test_vertex_job_replica_stops_when_the_selftest_fails(env):
+  process = run_job_wrapper(env, task=('chief', 0),
+                            FAKE_FAIL_PATTERN='mnist_dist.selftest')
+  assert process.returncode == 1
+  assert [c['argv'][:2] for c in env.calls('python3')] == [
+      ['-m', 'pip'], ['-m', 'mnist_dist.selftest']]
+
+
+def test_vertex_skip_selftest_trains_without_it(env):
+  process = run_job_wrapper(env, '--skip_selftest', task=('chief', 0))
+  assert process.returncode == 0, process.stderr
+  assert [c['argv'] for c in env.calls('python3')][1:] == [JOB_TRAINER_ARGV]
+  refused = env.run(VERTEX, ['--skip_selftest', 'hptune'], DRY_RUN=1,
+                    **VERTEX_ENV)
+  assert refused.returncode == 2
+  assert refused.stderr.startswith('vertex.sh: error: --skip_selftest is for '
+                                   'job')
+
+
 @pytest.mark.parametrize('hyperparameters,message', slow_after(1, [
     (['--optimizer.learning_rate=-0.5', '--optimizer.decay_rate', '0.7'],
      'optimizer.learning_rate=-0.5 must be a positive number'),
@@ -172,12 +229,15 @@ def test_vertex_spec_files_parse_and_hold_the_expected_fields():
   pools = job['workerPoolSpecs']
   assert len(pools) == 2 and pools[0]['replicaCount'] == 1
   for pool in pools:
-    assert set(pool) == {'machineSpec', 'replicaCount', 'pythonPackageSpec'}
+    assert set(pool) == {'machineSpec', 'replicaCount', 'containerSpec'}
     assert pool['machineSpec']['machineType']
     assert pool['machineSpec']['acceleratorCount'] >= 1
-    args = pool['pythonPackageSpec']['args']
+    container = pool['containerSpec']
+    assert container['command'][:2] == ['bash', '-c']
+    assert {e['name'] for e in container['env']} == {'PACKAGE', 'WORKDIR',
+                                                     'SELFTEST'}
+    args = container['args']
     assert args[0] == '--config={{CONFIG_PATH}}'
-    assert '--workdir={{WORKDIR}}' in args
     assert '--config.distribution.strategy=multi_worker_mirrored' in args
     assert args[-1] == '{{EXTRA_ARGS}}'
   assert pools[0] == pools[1] | {'replicaCount': 1}
