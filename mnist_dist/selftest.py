@@ -9,7 +9,7 @@ precision and XLA setting that `auto` picks there (Mirrored over all GPUs,
 TPUStrategy over the TPU's cores, or Mirrored over `--cpu_devices` logical
 CPUs), with synthetic data: nothing is downloaded. Each row trains or
 evaluates with the project's own code (`steps`, `input_pipeline`,
-`models`, `train.build_model`, `strategy`), so that a bug there fails it.
+`models`, `trainable.build_model`, `strategy`), so that a bug there fails it.
 The reference is a one-replica strategy on the first of the same devices,
 fed the same global batches from the same initial weights. Every comparison
 uses SGD at a constant learning rate and no dropout: Adam divides each
@@ -74,11 +74,17 @@ The rows, what each proves and why its tolerance (figures measured on a
   A dense net, 4 steps from a scale of 2^40, where float16 overflows on
   every replica (each step skipped, the scale halved), then 4 from 2^8,
   where none does (each step counted); each replica's copy is read back.
-  Exact, and the weights must stay finite. Scales near the overflow point
-  (~2^19 here) are avoided on purpose: there, one replica's gradients can
-  overflow while another's do not, and Keras 3's LossScaleOptimizer under
-  MirroredStrategy decides from the first replica's gradients alone (see
-  docs/design.md#the-self-test). Skipped on a TPU (no float16 there).
+  Exact, and the weights must stay finite. (Near the overflow point, where
+  one replica's gradients can overflow while another's do not, the train
+  step makes all replicas skip together: tests/test_steps.py and
+  docs/design.md#the-self-test.) Skipped on a TPU (no float16 there).
+- accumulation: `train.accumulation_steps=2` gives the update of the whole
+  global batch. The `conv` net of same_weights, 4 SGD steps on all replicas
+  with 2 micro-batches each and without; the figure and the tolerances are
+  same_weights' (measured 2e-6: float32 rounding, the micro-batches'
+  gradients being added in another order). A micro-batch loss divided by
+  its own size instead of the global batch's reads ~1. Runs on one replica
+  too.
 - speed: conv_bn's training examples/s with its config (Adam, dropout 0.3,
   global batch 64 rounded up to a multiple of the replicas) under what auto
   picks, after a warm-up loop, and the device's matmul rate in the run's
@@ -110,7 +116,6 @@ from mnist_dist import console
 console.import_tensorflow(sys.argv)  # Before anything else imports it.
 
 # pylint: disable=wrong-import-position
-from absl import app
 from absl import flags
 from absl import logging
 import keras
@@ -118,18 +123,18 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from mnist_dist import cli
 from mnist_dist import config as config_lib
+from mnist_dist import errors
 from mnist_dist import input_pipeline
 from mnist_dist import matmul
 from mnist_dist import paths
 from mnist_dist import steps
 from mnist_dist import strategy as strategy_lib
-from mnist_dist import train
+from mnist_dist import trainable
 from mnist_dist import workdir as workdir_lib
 # pylint: enable=wrong-import-position
 
-EXIT_FAILED_ROW = 1
-EXIT_BAD_INPUT = 2
 SEED = 0
 
 # {precision: tolerance} of each comparison; the module docstring says why.
@@ -247,10 +252,10 @@ def _config(overrides: dict) -> ml_collections.ConfigDict:
   return config
 
 
-def _build(config, strategy, *, precision: str) -> train.Model:
+def _build(config, strategy, *, precision: str) -> trainable.Model:
   """The model and optimizer of config, built in strategy's scope."""
   keras.utils.set_random_seed(config.seed)
-  return train.build_model(
+  return trainable.build_model(
       config, strategy=strategy, steps_per_epoch=1,
       settings=strategy_lib.DeviceSettings(
           precision=precision, jit_compile=False, steps_per_loop=1))
@@ -292,7 +297,7 @@ def _same_batches(strategy, split, *, global_batch: int, num_steps: int):
   return iter(strategy.experimental_distribute_dataset(batches))
 
 
-def _loop(trained: train.Model, strategy, *, config, global_batch: int,
+def _loop(trained: trainable.Model, strategy, *, config, global_batch: int,
           jit_compile: bool = False):
   """The real training loop of trained's model under strategy."""
   return steps.make_train_loop(
@@ -300,11 +305,12 @@ def _loop(trained: train.Model, strategy, *, config, global_batch: int,
           model=trained.model, optimizer=trained.optimizer,
           global_batch_size=global_batch, jit_compile=jit_compile,
           label_smoothing=config.train.label_smoothing,
-          weight_average=trained.average),
+          weight_average=trained.average,
+          accumulation_steps=config.train.accumulation_steps),
       stop_on_nonfinite=False)
 
 
-def _train(trained: train.Model, strategy, split, *, config,
+def _train(trained: trainable.Model, strategy, split, *, config,
            global_batch: int, num_steps: int,
            jit_compile: bool = False) -> steps.Totals:
   """Totals of num_steps steps of the real training loop on _same_batches."""
@@ -413,6 +419,32 @@ def same_weights(machine: Machine, sizes: Sizes) -> Measured:
       f'conv, {sizes.train_steps} SGD steps of global batch {global_batch}: '
       f'weights of {_replicas(machine.replicas)} and 1 apart by {value:.1e} of'
       ' their move (largest, relative)')
+
+
+def accumulation(machine: Machine, sizes: Sizes) -> Measured:
+  config = _config({'model.name': 'conv', 'optimizer.learning_rate': 0.05})
+  global_batch = sizes.per_replica_batch * machine.replicas
+  split = _split(config, global_batch * sizes.train_steps)
+  whole, parts = _build_pair(config, machine.strategy, machine.strategy,
+                             precision=machine.precision)
+  start = _variables(whole.model)
+  kwargs = dict(split=split, global_batch=global_batch,
+                num_steps=sizes.train_steps)
+  _train(whole, machine.strategy, config=config, **kwargs)
+  accumulated = config.copy_and_resolve_references()
+  accumulated.train.accumulation_steps = 2
+  _train(parts, machine.strategy, config=accumulated, **kwargs)
+  whole_weights, parts_weights = _variables(whole.model), _variables(
+      parts.model)
+  value = _max_ratio([a - b for a, b in zip(parts_weights, whole_weights)],
+                     [a - b for a, b in zip(whole_weights, start)],
+                     norm=np.linalg.norm)
+  return Measured(
+      value, WEIGHTS_TOLERANCE[machine.precision],
+      f'conv, {sizes.train_steps} SGD steps of global batch {global_batch} on '
+      f'{_replicas(machine.replicas)}, as 2 micro-batches a replica and '
+      f'whole: weights apart by {value:.1e} of their move (largest, '
+      'relative)')
 
 
 def _moving_statistics(model: keras.Model) -> list[np.ndarray]:
@@ -632,6 +664,8 @@ CHECKS = (
           xla_step),
     Check('loss_scale', 'mixed_float16: the loss scale is the same on every '
           'replica', loss_scale, multi_replica=True),
+    Check('accumulation', 'k micro-batches a replica give the whole '
+          "batch's update", accumulation),
     Check('speed', 'conv_bn examples/s and the matmul rate (informational)',
           speed),
 )
@@ -768,8 +802,7 @@ class _ArgumentParser(argparse.ArgumentParser):
   """A bad flag is one `error:` line and exit 2, without the usage."""
 
   def error(self, message):
-    print(f'error: {message}', file=sys.stderr, flush=True)
-    sys.exit(EXIT_BAD_INPUT)
+    cli.fail(message, errors.EXIT_BAD_INPUT)
 
 
 def _count(text: str) -> int:
@@ -805,8 +838,7 @@ def _parse_flags(argv: list[str]) -> argparse.Namespace:
 
 
 def _fail(message: str) -> None:
-  print(f'error: {message}', file=sys.stderr, flush=True)
-  sys.exit(EXIT_BAD_INPUT)
+  cli.fail(message, errors.EXIT_BAD_INPUT)
 
 
 def _check_writable(out: str) -> None:
@@ -833,7 +865,7 @@ def run_command(args: argparse.Namespace) -> int:
     _check_writable(args.out)
   try:
     machine = find_machine(cpu_devices=args.cpu_devices, tpu=args.tpu)
-  except config_lib.ConfigError as e:
+  except errors.ConfigError as e:
     _fail(str(e))
   rows = run_checks(machine)
   print(format_table(rows, machine), flush=True)
@@ -845,7 +877,8 @@ def run_command(args: argparse.Namespace) -> int:
     except (OSError, tf.errors.OpError) as e:
       _fail(f'--out={args.out}: cannot write it: '
             f'{paths.cause(e) if isinstance(e, tf.errors.OpError) else e}')
-  return EXIT_FAILED_ROW if any(row.failed for row in rows) else 0
+  # A failed row: it has printed what it measured.
+  return errors.EXIT_FAILED if any(row.failed for row in rows) else 0
 
 
 def main(args: argparse.Namespace) -> None:
@@ -858,7 +891,7 @@ def main(args: argparse.Namespace) -> None:
 
 def run():
   """Console-script entry point."""
-  app.run(main, flags_parser=_parse_flags)
+  cli.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == '__main__':

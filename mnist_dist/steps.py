@@ -130,6 +130,27 @@ def _accumulated(forward_backward, images, labels, *, micro_batches: int):
   return gradients, sums
 
 
+def _finite_on_every_replica(gradients: list[tf.Tensor]) -> list[tf.Tensor]:
+  """The gradients, or NaN in all of them where any replica's are not finite.
+
+  Keras' LossScaleOptimizer (mixed_float16, and on_nonfinite_loss=skip)
+  decides to skip a step on each replica's own gradients, before the
+  all-reduce. Near float16's overflow point one replica's can overflow
+  while another's do not, and the one that saw none would apply the
+  others' infinite sum: NaN weights everywhere (tests/test_steps.py). One
+  all-reduce of a count makes every replica see what any saw, so all skip
+  the step and lower the scale together.
+  """
+  context = tf.distribute.get_replica_context()
+  if context is None or context.num_replicas_in_sync == 1:
+    return gradients
+  local = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g))
+                         for g in gradients])
+  overflowed = context.all_reduce(SUM, 1.0 - tf.cast(local, tf.float32))
+  return [tf.where(overflowed > 0, tf.cast(np.nan, g.dtype), g)
+          for g in gradients]
+
+
 def make_train_step(*, model: keras.Model,
                     optimizer: keras.optimizers.Optimizer,
                     global_batch_size: int, jit_compile: bool,
@@ -186,6 +207,8 @@ def make_train_step(*, model: keras.Model,
     else:
       gradients, sums = _accumulated(forward_backward, images, labels,
                                      micro_batches=accumulation_steps)
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+      gradients = _finite_on_every_replica(gradients)
     optimizer.apply_gradients(zip(gradients, model.trainable_variables))
     if weight_average:
       weight_average.update()

@@ -17,6 +17,7 @@ import pytest
 import tensorflow as tf
 
 from helpers import ROOT
+from mnist_dist import errors
 from mnist_dist import input_pipeline
 from mnist_dist import matmul
 from mnist_dist import models
@@ -58,8 +59,8 @@ def _unsynchronized_batch_norm(monkeypatch):
 
 def _eval_weights_dropped(monkeypatch):
   """The eval step counts padding: its weights are ignored."""
-  original = steps._sums  # pylint: disable=protected-access
-  monkeypatch.setattr(steps, '_sums', lambda labels, logits, losses,
+  original = steps.example_sums
+  monkeypatch.setattr(steps, 'example_sums', lambda labels, logits, losses,
                       weights=None: original(labels, logits, losses))
 
 
@@ -90,6 +91,17 @@ def _matmul_unmeasured(monkeypatch):
                       lambda dtype, **kwargs: float('nan'))
 
 
+def _micro_batch_mean_loss(monkeypatch):
+  """Each micro-batch's loss is divided by the micro-batch, not the global
+  batch."""
+  original = steps.make_train_step
+
+  def make_train_step(*, global_batch_size, accumulation_steps=1, **kwargs):
+    return original(global_batch_size=global_batch_size // accumulation_steps,
+                    accumulation_steps=accumulation_steps, **kwargs)
+  monkeypatch.setattr(steps, 'make_train_step', make_train_step)
+
+
 # Row -> a break of its property. Every row has one (a new row needs one).
 BREAKS = {
     'same_global_batches': _order_by_replica_count,
@@ -98,6 +110,7 @@ BREAKS = {
     'exact_eval': _eval_weights_dropped,
     'xla_step': _xla_step_halved,
     'loss_scale': _uneven_loss_scale,
+    'accumulation': _micro_batch_mean_loss,
     'speed': _matmul_unmeasured,
 }
 
@@ -180,7 +193,7 @@ def test_a_failed_row_exits_1_after_writing_the_json(tmp_path, monkeypatch):
   out = tmp_path / 'new' / 'selftest.json'
   args = selftest._parse_flags(  # pylint: disable=protected-access
       ['selftest', '--cpu_devices=2', f'--out={out}'])
-  assert selftest.run_command(args) == selftest.EXIT_FAILED_ROW
+  assert selftest.run_command(args) == errors.EXIT_FAILED
   written = json.loads(out.read_text())
   assert written['passed'] is False
   assert written['rows'] == [{

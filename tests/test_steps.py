@@ -1,11 +1,14 @@
-"""The losses of the training step."""
+"""The losses of the training step, and its update on several replicas."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers import small_config
 from mnist_dist import steps
+from mnist_dist import strategy as strategy_lib
+from mnist_dist import trainable
 
 
 @pytest.mark.parametrize('smoothing', [0.0, 0.1, 0.3])
@@ -21,3 +24,52 @@ def test_label_smoothing_matches_keras(smoothing):
   if not smoothing:
     np.testing.assert_allclose(steps._per_example_loss(labels, logits),
                                reference, rtol=1e-5)
+
+
+def _float16_run(devices, *, images, labels, initial_scale):
+  """(weights, loss scale) after the real loop trained `dense` in
+  mixed_float16 on `devices` from a dynamic loss scale of initial_scale."""
+  strategy = tf.distribute.MirroredStrategy(devices)
+  config = small_config({'model.name': 'dense', 'optimizer.name': 'sgd',
+                         'train.precision': 'mixed_float16'})
+  keras.utils.set_random_seed(0)
+  trained = trainable.build_model(
+      config, strategy=strategy, steps_per_epoch=len(labels) // BATCH,
+      settings=strategy_lib.DeviceSettings(
+          precision='mixed_float16', jit_compile=False, steps_per_loop=1))
+  trained.optimizer.dynamic_scale.assign(initial_scale)
+  loop = steps.make_train_loop(
+      strategy=strategy, train_step=steps.make_train_step(
+          model=trained.model, optimizer=trained.optimizer,
+          global_batch_size=BATCH, jit_compile=False),
+      stop_on_nonfinite=False)
+  batches = tf.data.Dataset.from_tensor_slices((images, labels)).batch(BATCH)
+  loop(iter(strategy.experimental_distribute_dataset(batches)),
+       tf.constant(len(labels) // BATCH))
+  keras.mixed_precision.set_global_policy('float32')
+  return ([np.asarray(w) for w in trained.model.get_weights()],
+          float(trained.optimizer.dynamic_scale.numpy()))
+
+
+BATCH = 32
+
+
+def test_float16_replicas_skip_an_overflow_together():
+  # Near float16's overflow point one replica's gradients can overflow while
+  # another's do not. Keras' LossScaleOptimizer decides on each replica's
+  # own gradients, before the all-reduce: a replica that saw no overflow
+  # would apply the others' infinite sum. All must skip, or none.
+  # Here the first replica's half of each batch is blank (small gradients),
+  # the second's all ink (large ones).
+  images = np.zeros((8, BATCH, 28, 28), np.uint8)
+  images[:, BATCH // 2:] = 255
+  labels = np.random.default_rng(0).integers(0, 10, 8 * BATCH).astype(
+      np.int32)
+  kwargs = dict(images=images.reshape(-1, 28, 28), labels=labels,
+                initial_scale=2.0**24)
+  one, one_scale = _float16_run(['/cpu:0'], **kwargs)
+  two, two_scale = _float16_run(['/cpu:1', '/cpu:2'], **kwargs)
+  assert all(np.isfinite(w).all() for w in two)
+  assert one_scale == two_scale < 2.0**24  # Overflows, skipped alike.
+  for w1, w2 in zip(one, two, strict=True):
+    np.testing.assert_allclose(w1, w2, rtol=1e-2, atol=1e-3)
