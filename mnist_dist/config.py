@@ -37,6 +37,8 @@ def default_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   config.model = ml_collections.ConfigDict()
+  # One of models.NAMES, or 'package.module:function' for a model of your
+  # own (mnist_dist/models.py says what the function returns).
   config.model.name = 'conv_bn'
   config.model.dropout = 0.3
   # Batch statistics over the global batch instead of each replica's share.
@@ -189,6 +191,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   loop against the epoch) are in `check_against_run`.
   """
   for key, choices in _choices().items():
+    if key == 'model.name' and models.is_own(config.model.name):
+      models.own_builder(config.model.name)  # Importable, or refused now.
+      continue
     _check_choice(_value(config, key), choices, key)
   for key in ('train.epochs', 'train.global_batch_size',
               'train.eval_batch_size', 'optimizer.learning_rate',

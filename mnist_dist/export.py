@@ -33,7 +33,8 @@ def export_saved_model(model: keras.Model, export_dir: str) -> None:
   """
 
   def serve(images):
-    logits = model(images, training=False)  # Dropout off, batch norm frozen.
+    # Dropout off, batch norm frozen; float32 whatever the model computes in.
+    logits = tf.cast(model(images, training=False), tf.float32)
     return {'probabilities': tf.nn.softmax(logits),
             'classes': tf.argmax(logits, axis=-1)}
 

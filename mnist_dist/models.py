@@ -5,10 +5,24 @@ Every model takes uint8 images [N, 28, 28], scales them by 1/256 on the device
 (as the codelab does) and returns logits [N, 10] in float32: the loss applies
 the softmax itself, in a numerically stable way, and only places that show or
 export probabilities apply it to the output.
+
+A model of your own: `--config.model.name=package.module:function`, where
+function(config.model) returns a Keras model of the same contract (uint8
+images [N, 28, 28] in, 10 logits out; docs/design.md has an example). It is
+imported from the Python path, or the folder the trainer is started in, and
+gets what the built-in ones get: every strategy, checkpoints and exact
+resume, the export (which holds its whole graph), predict and LiteRT.
 """
+
+import importlib
+import os
+import sys
 
 import keras
 from keras import layers
+import numpy as np
+
+from mnist_dist.errors import ConfigError
 
 NUM_CLASSES = 10
 
@@ -96,8 +110,46 @@ BUILDERS = {
 NAMES = tuple(BUILDERS)
 
 
+def is_own(name: str) -> bool:
+  """Whether model.name names a model of the user's: `module:function`."""
+  return ':' in name
+
+
+def own_builder(name: str):
+  """The function `module:function` names; ConfigError if there is none."""
+  module_name, _, function_name = name.partition(':')
+  if os.getcwd() not in sys.path:  # As `python -m` would have it.
+    sys.path.append(os.getcwd())
+  try:
+    builder = getattr(importlib.import_module(module_name), function_name)
+  except (ImportError, AttributeError) as e:
+    raise ConfigError(f'model.name={name!r}: cannot import it ({e})') from e
+  if not callable(builder):
+    raise ConfigError(f'model.name={name!r} is not a function')
+  return builder
+
+
+def _own_model(model_config) -> keras.Model:
+  """The user's model, checked against the contract on a batch of two."""
+  model = own_builder(model_config.name)(model_config)
+  if not isinstance(model, keras.Model):
+    raise ConfigError(f'model.name={model_config.name!r} returned '
+                      f'{type(model).__name__}, not a keras.Model')
+  try:
+    shape = tuple(model(np.zeros((2, 28, 28), np.uint8)).shape)
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f'model.name={model_config.name!r} cannot take uint8 '
+                      f'images [N, 28, 28]: {" ".join(str(e).split())}') from e
+  if shape != (2, NUM_CLASSES):
+    raise ConfigError(f'model.name={model_config.name!r} maps 2 images to '
+                      f'{shape}, not (2, {NUM_CLASSES}) logits')
+  return model
+
+
 def create_model(model_config) -> keras.Model:
   """Builds config.model.name; call it inside the strategy's scope."""
+  if is_own(model_config.name):
+    return _own_model(model_config)
   hidden = BUILDERS[model_config.name](model_config)
   return keras.Sequential(
       [keras.Input((28, 28), dtype='uint8'), layers.Rescaling(1 / 256),
