@@ -87,8 +87,9 @@ def _cpp_lines_hidden(level: int):
       with os.fdopen(read_end, 'rb') as lines:
         for line in lines:
           if not _is_hidden_cpp_line(line, level):
-            sys.stderr.buffer.write(line)
-            sys.stderr.buffer.flush()
+            # To fd 2 itself, the original stderr in this process: a Jupyter
+            # kernel's sys.stderr has no byte buffer.
+            os.write(2, line)
     finally:
       os._exit(0)  # pylint: disable=protected-access
   os.close(read_end)
