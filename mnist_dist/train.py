@@ -161,7 +161,8 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
     with (contextlib.closing(run.progress),
           interrupts.SignalWatch() as signals,
           cluster.peer_failures(run.strategy, step_of=lambda: state.step,
-                                checkpoint_dir=run.checkpointer.directory)):
+                                checkpoint_dir=run.checkpointer.directory),
+          run.checkpointer):
       while not state.finished:
         train_epoch(run, state, signals)
         record = evaluate(run, state, signals)
@@ -222,6 +223,7 @@ def _checkpointer(config, workdir: str, *, chief: bool, trained: Model,
   optimizer = trained.optimizer
   return checkpoints.Checkpointer(
       workdir=workdir, keep=config.checkpoint.keep, is_chief=chief,
+      async_save=config.checkpoint.async_save,
       # tf.train.Checkpoint does not see into a Keras 3 model: list its
       # variables (batch-norm statistics and dropout's seed state included),
       # by position, since layer names change with what else the process built.
