@@ -133,13 +133,15 @@ def test_a_write_under_way_is_not_listed_and_the_next_start_skips_it(
     objects.set_all(-1)  # The values training goes on with.
     held.started()
     held.started()  # The second write, now held.
-    assert _listed(directory) == ['ckpt-1']
-    # A start now (after a kill, say) resumes from the whole one.
-    restarted = _Objects()
-    assert _checkpointer(tmp_path, restarted).restore_latest().endswith(
-        'ckpt-1')
-    assert int(restarted.step.numpy()) == 1
-    held.release()
+    try:
+      assert _listed(directory) == ['ckpt-1']
+      # A start now (after a kill, say) resumes from the whole one.
+      restarted = _Objects()
+      assert _checkpointer(tmp_path, restarted).restore_latest().endswith(
+          'ckpt-1')
+      assert int(restarted.step.numpy()) == 1
+    finally:
+      held.release()
   assert _listed(directory) == ['ckpt-1', 'ckpt-2']
   assert int(_saved(directory, 2)['step/.ATTRIBUTES/VARIABLE_VALUE']) == 2
 
