@@ -10,8 +10,9 @@ write --slow_store_s longer on the slow store, as is on the local disk.
 Each runs with checkpoint.async_save off (the synchronous saves TensorFlow
 makes by default), then on:
 
-  conv_bn   the default config, 2 epochs: a checkpoint at steps 500 and 1000
-            and at each epoch's end (937, 1874), 4 saves
+  conv_bn   the default config, 2 epochs in loops of 100 steps: a
+            checkpoint at the first loop end past each 500 steps (500, 1037,
+            1537) and at each epoch's end (937, 1874), 5 saves
   dense     1 epoch (468 steps of batch 128) in loops of 25 steps, a
             checkpoint every 25 steps and at the end: frequent saves, 19
 

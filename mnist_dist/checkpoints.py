@@ -188,14 +188,17 @@ class Checkpointer:
       self._write(step, start=start)
       return
     self.wait()
+    copy_start = time.monotonic()
     self._copies.refresh()
-    self._pending = self._writer.submit(self._write, step, start=start,
+    self._pending = self._writer.submit(self._write, step, start=copy_start,
                                         waited_s=time.monotonic() - start)
 
   def _write(self, step: int, *, start: float, waited_s: float | None = None):
     """Writes checkpoint `step`, then lists it (the chief) or deletes it.
 
-    waited_s: how long save() held up training, if it returned before this.
+    start: when its save began (with async_save, its copy: the wait for the
+    previous write is that write's). waited_s: how long save() held up
+    training, if it returned before the write.
     """
     # A thread of its own starts with no device scope: the copies' host.
     with (tf.device(self._copies.device) if self._copies
