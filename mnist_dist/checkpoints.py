@@ -32,8 +32,9 @@ the same way, and CheckpointManager lists a checkpoint from the writer thread
 once it is written, but its copy of a Keras 3 variable
 (`_copy_trackable_to_cpu` in keras/src/backend/tensorflow/core.py) creates a
 tf.Variable inside a tf.function, so the second save raises "tf.function only
-supports singleton tf.Variables created on the first call" (TF 2.17 to 2.21,
-Keras 3.10 to 3.15); every optimizer variable is a Keras variable. Its
+supports singleton tf.Variables created on the first call" (seen with TF
+2.21 and Keras 3.15; TF 2.17.1's helper is the same); every optimizer
+variable is a Keras variable. Its
 `sync()` also drops a failed write's error, which only the next save or the
 interpreter's exit raises. This module uses the mechanism that helper is
 built on, a second tf.train.Checkpoint over the same objects whose saver
