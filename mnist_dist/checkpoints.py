@@ -34,9 +34,8 @@ once it is written, but its copy of a Keras 3 variable
 tf.Variable inside a tf.function, so the second save raises "tf.function only
 supports singleton tf.Variables created on the first call" (seen with TF
 2.21 and Keras 3.15; TF 2.17.1's helper is the same); every optimizer
-variable is a Keras variable. Its
-`sync()` also drops a failed write's error, which only the next save or the
-interpreter's exit raises. This module uses the mechanism that helper is
+variable is a Keras variable. Its `sync()` also drops a failed write's
+error, which only the next save or the interpreter's exit raises. This module uses the mechanism that helper is
 built on, a second tf.train.Checkpoint over the same objects whose saver
 writes each variable's host copy in its place (`TrackableSaver._object_map`,
 which TensorFlow keeps for this), with copies it makes itself.
