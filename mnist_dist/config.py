@@ -112,6 +112,12 @@ def default_config() -> ml_collections.ConfigDict:
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every_steps = 500
   config.checkpoint.keep = 3
+  # Write checkpoints in the background (mnist_dist/checkpoints.py): a save
+  # holds training up only to copy the variables to host memory; a
+  # checkpoint is listed once whole, and the end of training, a stop (exit
+  # 75) and a lost worker's message wait for the write in flight. False
+  # writes on the training thread, as TensorFlow's savers do by default.
+  config.checkpoint.async_save = True
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = 'adam'

@@ -126,7 +126,10 @@ def train_and_evaluate(
     with (contextlib.closing(run.progress),
           interrupts.SignalWatch() as signals,
           cluster.peer_failures(run.strategy, step_of=lambda: state.step,
-                                checkpoint_dir=run.checkpointer.directory)):
+                                checkpoint_dir=run.checkpointer.directory),
+          # Last: leaving it waits for a checkpoint still being written,
+          # before a stop says it is saved or a loss names the newest.
+          run.checkpointer):
       while not state.finished:
         train_epoch(run, state, signals)
         record = evaluate(run, state, signals)

@@ -82,6 +82,7 @@ def checkpointer(config, workdir: str, *, chief: bool, trained: Model,
   optimizer = trained.optimizer
   return checkpoints.Checkpointer(
       workdir=workdir, keep=config.checkpoint.keep, is_chief=chief,
+      async_save=config.checkpoint.async_save,
       # tf.train.Checkpoint does not see into a Keras 3 model: list its
       # variables (batch-norm statistics and dropout's seed state included),
       # by position, since layer names change with what else the process built.
