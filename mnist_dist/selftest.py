@@ -399,21 +399,32 @@ def same_global_batches(machine: Machine, sizes: Sizes) -> Measured:
       f'between {_replicas(machine.replicas)} and 1')
 
 
+def _weights_apart(machine: Machine, sizes: Sizes, *, reference,
+                   candidate) -> tuple[float, int]:
+  """How far apart, relative to their move, the weights of a `conv` net end
+  after sizes.train_steps SGD steps from the same start and batches under
+  reference and candidate, each (strategy, config); and the global batch.
+  """
+  global_batch = sizes.per_replica_batch * machine.replicas
+  split = _split(reference[1], global_batch * sizes.train_steps)
+  pair = _build_pair(reference[1], reference[0], candidate[0],
+                     precision=machine.precision)
+  start = _variables(pair[0].model)
+  for trained, (strategy, config) in zip(pair, (reference, candidate)):
+    _train(trained, strategy, split, config=config, global_batch=global_batch,
+           num_steps=sizes.train_steps)
+  reached, other = (_variables(trained.model) for trained in pair)
+  value = _max_ratio([b - a for a, b in zip(reached, other)],
+                     [a - b for a, b in zip(reached, start)],
+                     norm=np.linalg.norm)
+  return value, global_batch
+
+
 def same_weights(machine: Machine, sizes: Sizes) -> Measured:
   config = _config({'model.name': 'conv', 'optimizer.learning_rate': 0.05})
-  global_batch = sizes.per_replica_batch * machine.replicas
-  split = _split(config, global_batch * sizes.train_steps)
-  one, every = _build_pair(config, machine.one_replica, machine.strategy,
-                           precision=machine.precision)
-  start = _variables(one.model)
-  kwargs = dict(split=split, config=config, global_batch=global_batch,
-                num_steps=sizes.train_steps)
-  _train(one, machine.one_replica, **kwargs)
-  _train(every, machine.strategy, **kwargs)
-  one_weights, every_weights = _variables(one.model), _variables(every.model)
-  value = _max_ratio([a - b for a, b in zip(every_weights, one_weights)],
-                     [a - b for a, b in zip(one_weights, start)],
-                     norm=np.linalg.norm)
+  value, global_batch = _weights_apart(
+      machine, sizes, reference=(machine.one_replica, config),
+      candidate=(machine.strategy, config))
   return Measured(
       value, WEIGHTS_TOLERANCE[machine.precision],
       f'conv, {sizes.train_steps} SGD steps of global batch {global_batch}: '
@@ -423,22 +434,11 @@ def same_weights(machine: Machine, sizes: Sizes) -> Measured:
 
 def accumulation(machine: Machine, sizes: Sizes) -> Measured:
   config = _config({'model.name': 'conv', 'optimizer.learning_rate': 0.05})
-  global_batch = sizes.per_replica_batch * machine.replicas
-  split = _split(config, global_batch * sizes.train_steps)
-  whole, parts = _build_pair(config, machine.strategy, machine.strategy,
-                             precision=machine.precision)
-  start = _variables(whole.model)
-  kwargs = dict(split=split, global_batch=global_batch,
-                num_steps=sizes.train_steps)
-  _train(whole, machine.strategy, config=config, **kwargs)
-  accumulated = config.copy_and_resolve_references()
-  accumulated.train.accumulation_steps = 2
-  _train(parts, machine.strategy, config=accumulated, **kwargs)
-  whole_weights, parts_weights = _variables(whole.model), _variables(
-      parts.model)
-  value = _max_ratio([a - b for a, b in zip(parts_weights, whole_weights)],
-                     [a - b for a, b in zip(whole_weights, start)],
-                     norm=np.linalg.norm)
+  accumulated = _config({'model.name': 'conv', 'optimizer.learning_rate': 0.05,
+                         'train.accumulation_steps': 2})
+  value, global_batch = _weights_apart(
+      machine, sizes, reference=(machine.strategy, config),
+      candidate=(machine.strategy, accumulated))
   return Measured(
       value, WEIGHTS_TOLERANCE[machine.precision],
       f'conv, {sizes.train_steps} SGD steps of global batch {global_batch} on '

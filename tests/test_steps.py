@@ -26,12 +26,16 @@ def test_label_smoothing_matches_keras(smoothing):
                                reference, rtol=1e-5)
 
 
-def _float16_run(devices, *, images, labels, initial_scale):
+def _float16_run(cpu_devices, *, images, labels, initial_scale):
   """(weights, loss scale) after the real loop trained `dense` in
-  mixed_float16 on `devices` from a dynamic loss scale of initial_scale."""
-  strategy = tf.distribute.MirroredStrategy(devices)
+  mixed_float16 on cpu_devices replicas (0: one) from a dynamic loss scale
+  of initial_scale."""
   config = small_config({'model.name': 'dense', 'optimizer.name': 'sgd',
-                         'train.precision': 'mixed_float16'})
+                         'train.precision': 'mixed_float16',
+                         'distribution.cpu_devices': cpu_devices})
+  # The trainer's own strategy: one MirroredStrategy per device set and
+  # process, as TensorFlow's collectives need.
+  strategy = strategy_lib.create_strategy(config.distribution)
   keras.utils.set_random_seed(0)
   trained = trainable.build_model(
       config, strategy=strategy, steps_per_epoch=len(labels) // BATCH,
@@ -67,8 +71,8 @@ def test_float16_replicas_skip_an_overflow_together():
       np.int32)
   kwargs = dict(images=images.reshape(-1, 28, 28), labels=labels,
                 initial_scale=2.0**24)
-  one, one_scale = _float16_run(['/cpu:0'], **kwargs)
-  two, two_scale = _float16_run(['/cpu:1', '/cpu:2'], **kwargs)
+  one, one_scale = _float16_run(0, **kwargs)
+  two, two_scale = _float16_run(2, **kwargs)
   assert all(np.isfinite(w).all() for w in two)
   assert one_scale == two_scale < 2.0**24  # Overflows, skipped alike.
   for w1, w2 in zip(one, two, strict=True):
