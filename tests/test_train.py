@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import time
 
 import ml_collections
@@ -11,6 +12,7 @@ import tensorflow as tf
 
 from helpers import run_main
 from helpers import small_config
+from mnist_dist import idx
 from mnist_dist import input_pipeline
 from mnist_dist import steps
 from mnist_dist import train
@@ -24,8 +26,8 @@ def _weights(result):
   return [np.asarray(w) for w in result.model.get_weights()]
 
 
-def _learnable(learnable_dir, **overrides):
-  return {'data.source': 'idx', 'data.dir': str(learnable_dir), **overrides}
+def _on_idx(folder, **overrides):
+  return {'data.source': 'idx', 'data.dir': str(folder), **overrides}
 
 
 # The fields of a metrics.jsonl record, as the README lists them.
@@ -38,7 +40,7 @@ _RECORD_FIELDS = {'step', 'epoch', 'train_loss', 'train_accuracy', 'eval_loss',
 @pytest.mark.parametrize('cpu_devices', [0, 2])
 def test_trains_and_writes_metrics(tmp_path, learnable_dir, cpu_devices):
   started = time.time()
-  result = _run(tmp_path, _learnable(learnable_dir, **{
+  result = _run(tmp_path, _on_idx(learnable_dir, **{
       'distribution.cpu_devices': cpu_devices, 'train.epochs': 2}))
   with open(os.path.join(tmp_path, 'metrics.jsonl')) as f:
     records = [json.loads(line) for line in f]
@@ -61,6 +63,26 @@ def test_trains_and_writes_metrics(tmp_path, learnable_dir, cpu_devices):
     assert started <= record['wall_time'] <= time.time()
     assert record['examples_per_s'] > 0
   assert first['elapsed_s'] < last['elapsed_s']
+
+
+def test_train_metrics_are_the_plain_loss_and_accuracy_of_the_examples(
+    tmp_path, learnable_dir):
+  # Trained on its own test set at a learning rate too small to move any
+  # weight: the epoch's train loss and accuracy must then be the evaluation's
+  # (up to summation order), on 2 replicas and with label smoothing on: sums
+  # of the plain per-example loss, not scaled for the gradient nor smoothed.
+  data = tmp_path / 'data'
+  data.mkdir()
+  for train_name, test_name in zip(idx.FILES['train'], idx.FILES['test']):
+    shutil.copy(learnable_dir / train_name, data / train_name)
+    shutil.copy(learnable_dir / train_name, data / test_name)
+  (record,) = _run(tmp_path / 'run', _on_idx(data, **{
+      'model.name': 'dense', 'optimizer.name': 'sgd',
+      'optimizer.learning_rate': 1e-30, 'train.label_smoothing': 0.1,
+      'distribution.cpu_devices': 2})).metrics
+  assert record['eval_examples'] == 1024  # 16 steps of 64: each once.
+  assert record['train_loss'] == pytest.approx(record['eval_loss'], rel=1e-5)
+  assert record['train_accuracy'] == record['eval_accuracy']
 
 
 def _assert_same_run(one, two):
@@ -240,7 +262,7 @@ def test_validation_split_keeps_the_test_set_for_the_end(tmp_path):
 def test_stop_at_accuracy_ends_the_run_and_stays_ended(tmp_path,
                                                       learnable_dir):
   # A linear model under SGD learns slowly: accuracy climbs epoch by epoch.
-  overrides = _learnable(learnable_dir, **{
+  overrides = _on_idx(learnable_dir, **{
       'model.name': 'dense_softmax', 'optimizer.name': 'sgd',
       'data.validation_split': 200, 'train.epochs': 4})
   accuracies = [r['eval_accuracy']
