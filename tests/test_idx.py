@@ -32,10 +32,10 @@ def test_reads_plain_and_gzipped_files(tmp_path):
   # a value read from the wrong offset or axis order shows.
   images = (np.arange(5 * 28 * 28) * 7 % 256).reshape(5, 28, 28)
   labels = np.array([3, 0, 9, 4, 1])
+  magics = (idx.IMAGES_MAGIC, idx.LABELS_MAGIC)
   for split, gzipped in (('train', (True, False)), ('test', (False, True))):
     for name, array, magic, compress in zip(
-        idx.FILES[split], (images, labels), (idx.IMAGES_MAGIC, idx.LABELS_MAGIC),
-        gzipped, strict=True):
+        idx.FILES[split], (images, labels), magics, gzipped, strict=True):
       write_idx(tmp_path / (name + '.gz' * compress), array, magic,
                 compress=compress)
     read_images, read_labels = idx.load_split(str(tmp_path), split)

@@ -66,15 +66,16 @@ def test_sigterm_then_resume_lands_where_an_uninterrupted_run_does(tmp_path,
   assert resumed.returncode == 0, log[-2000:]
   assert 'Resuming from' in log
 
-  _assert_same_state(tmp_path / 'stopped', tmp_path / 'straight')
+  _assert_same_state(tmp_path / 'stopped', tmp_path / 'straight',
+                     epochs=[1, 2, 3])
 
 
-def _assert_same_state(workdir, straight_workdir):
+def _assert_same_state(workdir, straight_workdir, *, epochs):
   """workdir's checkpointed weights equal straight_workdir's, bit for bit,
-  and its metrics.jsonl records."""
+  and its metrics.jsonl records, one for each of `epochs`."""
   straight_records, straight_weights = finished_state(straight_workdir)
   records, weights = finished_state(workdir)
-  assert [r['epoch'] for r in records] == [r['epoch'] for r in straight_records]
+  assert [r['epoch'] for r in records] == epochs
   assert straight_weights.keys() == weights.keys() and weights
   for name, value in straight_weights.items():
     np.testing.assert_array_equal(value, weights[name], err_msg=name)
@@ -107,11 +108,12 @@ def _config(tmp_path, **overrides):
 
 def test_sigterm_checkpoints_and_the_resume_lands_where_a_straight_run_does(
     tmp_path, monkeypatch):
-  """The quick, in-process counterpart of the test above: SIGTERM mid-epoch
-  -> a checkpoint at the step the loop ended -> Interrupted (exit 75 in
-  main) -> the next start resumes there and ends bit for bit where an
-  uninterrupted run does. Dropout and the weight average are on: each has
-  state that must resume, as do the epoch's running sums."""
+  """test_sigterm_then_resume_lands_where_an_uninterrupted_run_does, quick
+  and in-process (main's exit 75 aside): SIGTERM mid-epoch -> a checkpoint
+  at the step the loop ended -> Interrupted -> the next start resumes there
+  and ends bit for bit where an uninterrupted run does. Dropout and the
+  weight average are on: each has state that must resume, as do the epoch's
+  running sums."""
   config = _config(tmp_path, **{
       'model.name': 'dense_dropout', 'train.epochs': 2,
       'data.synthetic_train_examples': 512, 'data.synthetic_eval_examples': 300,
@@ -141,7 +143,8 @@ def test_sigterm_checkpoints_and_the_resume_lands_where_a_straight_run_does(
   for want, got in zip(straight.model.get_weights(),
                        resumed.model.get_weights(), strict=True):
     np.testing.assert_array_equal(got, want)  # The averages.
-  _assert_same_state(tmp_path / 'stopped', tmp_path / 'straight')
+  _assert_same_state(tmp_path / 'stopped', tmp_path / 'straight',
+                     epochs=[1, 2])
 
 
 def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
