@@ -50,6 +50,23 @@ def good_dir(tmp_path):
   return tmp_path
 
 
+@pytest.fixture(scope='session')
+def learnable_dir(tmp_path_factory):
+  """A folder of IDX files a model can learn, unlike source=synthetic's
+  random images: 1024 training and 1000 test images, each its label's fixed
+  random pattern (a quarter of each pixel) under noise (the rest)."""
+  path = tmp_path_factory.mktemp('learnable')
+  rng = np.random.default_rng(0)
+  patterns = rng.integers(0, 256, (10, 28, 28))
+  for split, count in (('train', 1024), ('test', 1000)):
+    labels = rng.integers(0, 10, count)
+    images = (patterns[labels] + 3 * rng.integers(0, 256, (count, 28, 28))) // 4
+    images_name, labels_name = idx.FILES[split]
+    write_idx(path / images_name, images, idx.IMAGES_MAGIC)
+    write_idx(path / labels_name, labels, idx.LABELS_MAGIC)
+  return path
+
+
 # launch_harness.py's asserts get pytest's detailed messages, as in a test file.
 pytest.register_assert_rewrite('launch_harness')
 

@@ -63,6 +63,33 @@ def run_main(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
       capture_output=True, text=True, timeout=timeout, check=False)
 
 
+def start_main(*args: str, **popen_kwargs) -> subprocess.Popen:
+  """Starts `python -m mnist_dist.main ARGS` in a fresh process, its stderr
+  piped as text (for a test that signals, kills or reads it as it runs).
+
+  popen_kwargs: more of Popen's, e.g. stdout=subprocess.DEVNULL.
+  """
+  return subprocess.Popen(
+      [sys.executable, '-m', 'mnist_dist.main', *args], cwd=ROOT,
+      stderr=subprocess.PIPE, text=True, **popen_kwargs)
+
+
+def assert_refused(process, *, code: int = 2, says: str) -> str:
+  """Asserts that a finished process was refused as the README promises:
+  exit `code`, exactly one `error:` line on stderr, which says `says`, and
+  no traceback. Returns that line.
+
+  process: anything with returncode and stderr (a CompletedProcess).
+  """
+  stderr = process.stderr
+  assert process.returncode == code, stderr[-2000:]
+  assert 'Traceback' not in stderr, stderr[-3000:]
+  errors = [line for line in stderr.splitlines() if line.startswith('error:')]
+  assert len(errors) == 1, stderr[-3000:]
+  assert says in errors[0], errors[0]
+  return errors[0]
+
+
 def load_config(name: str):
   """get_config() of configs/NAME.py, loaded from its file as main does."""
   path = os.path.join(ROOT, 'configs', name + '.py')

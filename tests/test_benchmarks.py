@@ -5,9 +5,11 @@ time-to-accuracy benchmark end to end on the real MNIST."""
 import json
 import subprocess
 import sys
+import types
 
 from absl import app
 import pytest
+import tensorflow as tf
 
 from benchmarks import flops
 from benchmarks import mlperf
@@ -51,9 +53,28 @@ def test_flops_of_conv_bn_are_three_times_its_forward_products():
   assert 3 * forward < counted < 1.02 * 3 * forward
 
 
-def test_matmul_rate_is_measured():
-  rate = matmul.matmul_gflops('bfloat16', size=128, tries=1, seconds=0.01)
-  assert 0.01 < rate < 1e5  # GFLOP/s: a number, not a unit slip.
+def test_matmul_rate_is_the_products_flops_over_their_time(monkeypatch):
+  # Real products, timed by a clock that they drive: each product the
+  # compiled loop actually runs advances it by product_s. Whatever counts and
+  # tries the function picks, the rate must then be one product's FLOPs
+  # (2 * size**3) over product_s, in GFLOP/s: a miscount of FLOPs or
+  # products, a timing around the wrong code, or a unit slip shows. (A real
+  # clock could only bound it within orders of magnitude on a shared CPU.)
+  size, product_s = 64, 1e-3
+  products_run = tf.Variable(0, dtype=tf.int64)
+  product = tf.matmul
+
+  def counted_matmul(*args, **kwargs):
+    products_run.assign_add(1)  # In the traced loop: once per product run.
+    return product(*args, **kwargs)
+
+  monkeypatch.setattr(tf, 'matmul', counted_matmul)
+  monkeypatch.setattr(matmul, 'time', types.SimpleNamespace(
+      perf_counter=lambda: int(products_run.numpy()) * product_s))
+  rate = matmul.matmul_gflops('bfloat16', size=size, tries=2,
+                              seconds=10 * product_s)
+  assert int(products_run.numpy()) > 10  # It timed more than one product.
+  assert rate == pytest.approx(2 * size**3 / product_s / 1e9, rel=1e-9)
 
 
 def test_throughput_table_puts_speed_against_the_matmul_rates(capsys):

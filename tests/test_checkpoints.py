@@ -23,7 +23,7 @@ from helpers import ROOT
 from helpers import finished_state
 from helpers import small_config
 from mnist_dist import checkpoints
-from mnist_dist import interrupts
+from mnist_dist import errors
 from mnist_dist import train
 
 
@@ -242,7 +242,7 @@ def test_sigterm_exits_75_once_its_checkpoint_is_listed_and_whole(tmp_path):
   assert int(tf.train.load_checkpoint(latest).get_tensor(
       'step/.ATTRIBUTES/VARIABLE_VALUE')) == step
   process.communicate(timeout=120)
-  assert process.returncode == interrupts.EXIT_CODE
+  assert process.returncode == errors.EXIT_INTERRUPTED
 
 
 @pytest.fixture(scope='module')

@@ -28,9 +28,21 @@ def test_reads_the_real_mnist(mnist_dir):
         '27ae3e4e09519cfbb04c329615203637')
 
 
-def test_reads_plain_and_gzipped_files(good_dir):
-  images, labels = idx.load_split(str(good_dir), 'train')
-  assert images.shape == (6, 28, 28) and labels.shape == (6,)
+def test_reads_plain_and_gzipped_files(tmp_path):
+  # Every pixel different from its neighbours (row, column and example), so
+  # a value read from the wrong offset or axis order shows.
+  images = (np.arange(5 * 28 * 28) * 7 % 256).reshape(5, 28, 28)
+  labels = np.array([3, 0, 9, 4, 1])
+  magics = (idx.IMAGES_MAGIC, idx.LABELS_MAGIC)
+  for split, gzipped in (('train', (True, False)), ('test', (False, True))):
+    for name, array, magic, compress in zip(
+        idx.FILES[split], (images, labels), magics, gzipped, strict=True):
+      write_idx(tmp_path / (name + '.gz' * compress), array, magic,
+                compress=compress)
+    read_images, read_labels = idx.load_split(str(tmp_path), split)
+    assert read_images.dtype == read_labels.dtype == np.uint8
+    np.testing.assert_array_equal(read_images, images)
+    np.testing.assert_array_equal(read_labels, labels)
 
 
 def _break(good_dir, name, **kwargs):
@@ -74,8 +86,25 @@ def test_count_mismatch_is_named(good_dir):
 
 
 def test_label_out_of_range_is_named(good_dir):
-  _break(good_dir, idx.FILES['test'][1], array=np.array([1, 2, 12, 3]))
-  with pytest.raises(errors.DataError, match='label 12 at index 2 is outside'):
+  # 10, the first label out of range: a check off by one lets it through.
+  _break(good_dir, idx.FILES['test'][1], array=np.array([1, 2, 10, 12]))
+  with pytest.raises(errors.DataError,
+                     match=r'label 10 at index 2 is outside 0\.\.9 \(2 such'):
+    idx.load_split(str(good_dir), 'test')
+
+
+def test_trailing_data_is_named(good_dir):
+  path = good_dir / idx.FILES['test'][1]  # Plain: the byte is outside gzip.
+  path.write_bytes(path.read_bytes() + b'\0')
+  with pytest.raises(errors.DataError, match='truncated or has trailing data'):
+    idx.load_split(str(good_dir), 'test')
+
+
+def test_images_of_another_size_are_named(good_dir):
+  path = _break(good_dir, idx.FILES['test'][0], array=np.zeros((4, 28, 27)),
+                magic=idx.IMAGES_MAGIC)
+  with pytest.raises(errors.DataError,
+                     match=f'{path}: images are 28x27, expected 28x28'):
     idx.load_split(str(good_dir), 'test')
 
 

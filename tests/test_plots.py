@@ -34,7 +34,7 @@ def workdir(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def test_split(workdir):
+def predicted(workdir):
   """The run's test split and the export's predictions on it."""
   config = workdir_lib.read_config(str(workdir))
   _, test = input_pipeline.load(config.data, seed=config.seed)
@@ -68,8 +68,8 @@ def test_without_an_export_only_the_curves(workdir, tmp_path):
       str(tmp_path / 'plots' / name) for name in NAMES[:2]]
 
 
-def test_the_grid_marks_exactly_the_wrong_predictions(test_split, tmp_path):
-  test, _, classes = test_split
+def test_the_grid_marks_exactly_the_wrong_predictions(predicted, tmp_path):
+  test, _, classes = predicted
   labels = classes[:30].copy()
   assert plots.plot_predictions(test.images, labels, classes,
                                 str(tmp_path / 'right.png'), count=30) == []
@@ -82,8 +82,8 @@ def test_the_grid_marks_exactly_the_wrong_predictions(test_split, tmp_path):
   assert _red_pixels(tmp_path / 'wrong.png') > 100  # Frames and captions.
 
 
-def test_worst_mistakes_are_the_surest_wrong_predictions(test_split, tmp_path):
-  test, probabilities, classes = test_split
+def test_worst_mistakes_are_the_surest_wrong_predictions(predicted, tmp_path):
+  test, probabilities, classes = predicted
   shown = plots.plot_worst_mistakes(test.images, test.labels, probabilities,
                                     str(tmp_path / 'worst.png'), count=12)
   wrong = classes != test.labels
@@ -94,8 +94,8 @@ def test_worst_mistakes_are_the_surest_wrong_predictions(test_split, tmp_path):
                                 np.sort(confidence[wrong])[::-1][:12])
 
 
-def test_confusion_matrix_counts_every_test_digit(test_split, tmp_path):
-  test, _, classes = test_split
+def test_confusion_matrix_counts_every_test_digit(predicted, tmp_path):
+  test, _, classes = predicted
   counts = plots.plot_confusion_matrix(test.labels, classes,
                                        str(tmp_path / 'confusion.png'))
   assert counts.sum() == len(test)

@@ -4,18 +4,19 @@ import json
 import logging
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import ROOT
+from helpers import assert_refused
 from helpers import finished_state
+from helpers import run_main
 from helpers import small_config
+from helpers import start_main
 from mnist_dist import errors
+from mnist_dist import steps
 from mnist_dist import train
 from mnist_dist import workdir as workdir_lib
 
@@ -28,9 +29,7 @@ _RUN_FLAGS = ('--config=configs/dense_dropout.py', '--config.data.source=synthet
 
 
 def _start(workdir, *extra):
-  return subprocess.Popen(
-      [sys.executable, '-m', 'mnist_dist.main', f'--workdir={workdir}',
-       *_RUN_FLAGS, *extra], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+  return start_main(f'--workdir={workdir}', *_RUN_FLAGS, *extra)
 
 
 def _wait_for_line(process, needle, timeout=120):
@@ -67,9 +66,16 @@ def test_sigterm_then_resume_lands_where_an_uninterrupted_run_does(tmp_path,
   assert resumed.returncode == 0, log[-2000:]
   assert 'Resuming from' in log
 
-  straight_records, straight_weights = finished_state(tmp_path / 'straight')
-  records, weights = finished_state(tmp_path / 'stopped')
-  assert [r['epoch'] for r in records] == [1, 2, 3]
+  _assert_same_state(tmp_path / 'stopped', tmp_path / 'straight',
+                     epochs=[1, 2, 3])
+
+
+def _assert_same_state(workdir, straight_workdir, *, epochs):
+  """workdir's checkpointed weights equal straight_workdir's, bit for bit,
+  and its metrics.jsonl records, one for each of `epochs`."""
+  straight_records, straight_weights = finished_state(straight_workdir)
+  records, weights = finished_state(workdir)
+  assert [r['epoch'] for r in records] == epochs
   assert straight_weights.keys() == weights.keys() and weights
   for name, value in straight_weights.items():
     np.testing.assert_array_equal(value, weights[name], err_msg=name)
@@ -98,6 +104,47 @@ def test_second_signal_exits_at_once(tmp_path):
 def _config(tmp_path, **overrides):
   return small_config({'model.name': 'dense', 'checkpoint.every_steps': 5,
                        **overrides})
+
+
+def test_sigterm_checkpoints_and_the_resume_lands_where_a_straight_run_does(
+    tmp_path, monkeypatch):
+  """test_sigterm_then_resume_lands_where_an_uninterrupted_run_does, quick
+  and in-process (main's exit 75 aside): SIGTERM mid-epoch -> a checkpoint
+  at the step the loop ended -> Interrupted -> the next start resumes there
+  and ends bit for bit where an uninterrupted run does. Dropout and the
+  weight average are on: each has state that must resume, as do the epoch's
+  running sums."""
+  config = _config(tmp_path, **{
+      'model.name': 'dense_dropout', 'train.epochs': 2,
+      'data.synthetic_train_examples': 512, 'data.synthetic_eval_examples': 300,
+      'train.steps_per_loop': 2, 'checkpoint.every_steps': 100,
+      'train.ema_decay': 0.9})
+  straight = train.train_and_evaluate(config, str(tmp_path / 'straight'))
+  make_train_loop = steps.make_train_loop
+
+  def signalled_in_loop_6(**kwargs):
+    loop, calls = make_train_loop(**kwargs), []
+
+    def train_loop(iterator, num_steps):
+      calls.append(num_steps)
+      if len(calls) == 6:  # Steps 11 and 12 of 16: mid-epoch 2.
+        os.kill(os.getpid(), signal.SIGTERM)
+      return loop(iterator, num_steps)
+    return train_loop
+
+  monkeypatch.setattr(steps, 'make_train_loop', signalled_in_loop_6)
+  with pytest.raises(errors.Interrupted, match='SIGTERM at step 12'):
+    train.train_and_evaluate(config, str(tmp_path / 'stopped'))
+  monkeypatch.undo()
+  assert tf.train.latest_checkpoint(
+      str(tmp_path / 'stopped' / 'checkpoints')).endswith('ckpt-12')
+  resumed = train.train_and_evaluate(config, str(tmp_path / 'stopped'))
+  assert [r['epoch'] for r in resumed.metrics] == [2]
+  for want, got in zip(straight.model.get_weights(),
+                       resumed.model.get_weights(), strict=True):
+    np.testing.assert_array_equal(got, want)  # The averages.
+  _assert_same_state(tmp_path / 'stopped', tmp_path / 'straight',
+                     epochs=[1, 2])
 
 
 def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
@@ -187,15 +234,13 @@ def test_nonfinite_steps_are_skipped_on_every_replica_the_others_train(
 
 @pytest.mark.slow  # A trainer process.
 def test_nonfinite_loss_exit_code_through_the_entry_point(tmp_path):
-  process = subprocess.run(
-      [sys.executable, '-m', 'mnist_dist.main', f'--workdir={tmp_path}',
-       '--config=configs/dense.py', '--config.optimizer.name=sgd',
-       '--config.data.source=synthetic',
-       '--config.optimizer.learning_rate=1e30', '--config.train.epochs=1',
-       '--config.train.steps_per_loop=10'],
-      cwd=ROOT, capture_output=True, text=True, timeout=120)
-  assert process.returncode == 3, process.stderr[-2000:]
-  assert 'error: the loss is not finite at step' in process.stderr
+  process = run_main(
+      f'--workdir={tmp_path}', '--config=configs/dense.py',
+      '--config.optimizer.name=sgd', '--config.data.source=synthetic',
+      '--config.optimizer.learning_rate=1e30', '--config.train.epochs=1',
+      '--config.train.steps_per_loop=10', timeout=120)
+  assert_refused(process, code=3,
+                 says='error: the loss is not finite at step')
 
 
 def test_config_json_records_the_run(tmp_path):

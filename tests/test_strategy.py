@@ -3,6 +3,7 @@
 import pytest
 import tensorflow as tf
 
+from helpers import assert_refused
 from helpers import run_main
 from mnist_dist import config as config_lib
 from mnist_dist import strategy as strategy_lib
@@ -36,17 +37,60 @@ def test_short_epochs_bound_the_auto_loop():
   assert settings.steps_per_loop == 30
 
 
-def test_every_strategy_name_but_auto_has_a_factory():
-  assert strategy_lib.NAMES[0] == 'auto'
-  assert set(strategy_lib.NAMES[1:]) == set(strategy_lib.FACTORIES)
-  one_device = strategy_lib.FACTORIES['one_device'](None, 'local', False)
-  assert isinstance(one_device, tf.distribute.OneDeviceStrategy)
+def _distribution(strategy, cpu_devices=0):
+  distribution = config_lib.default_config().distribution
+  distribution.strategy, distribution.cpu_devices = strategy, cpu_devices
+  return distribution
+
+
+# multi_worker_mirrored and tpu are not created here: a process sets up one
+# cluster or TPU system only (test_cluster.py runs the one, the test below
+# the failure of the other).
+@pytest.mark.parametrize('name,cpu_devices,kind,devices', [
+    ('one_device', 0, tf.distribute.OneDeviceStrategy, ['CPU:0']),
+    ('mirrored', 2, tf.distribute.MirroredStrategy, ['CPU:0', 'CPU:1']),
+    ('auto', 0, tf.distribute.OneDeviceStrategy, ['CPU:0']),
+    ('auto', 2, tf.distribute.MirroredStrategy, ['CPU:0', 'CPU:1']),
+])
+def test_each_name_creates_its_strategy(name, cpu_devices, kind, devices):
+  strategy = strategy_lib.create_strategy(_distribution(name, cpu_devices))
+  assert type(strategy) is kind  # pylint: disable=unidiomatic-typecheck
+  assert strategy.num_replicas_in_sync == len(devices)
+  assert [device.split('/device:')[-1]
+          for device in strategy.extended.worker_devices] == devices
+
+
+@pytest.mark.parametrize('tpu_host,gpus,cpu_devices,picked', [
+    (True, 2, 2, 'tpu'),  # A TPU host trains on its TPU, whatever else.
+    (False, 2, 0, 'mirrored'),  # Over all the GPUs.
+    (False, 1, 0, 'one_device'),
+    (False, 1, 2, 'mirrored'),  # Over the logical CPUs asked for.
+    (False, 0, 0, 'one_device'),
+])
+def test_auto_picks_what_the_devices_call_for(monkeypatch, tpu_host, gpus,
+                                              cpu_devices, picked):
+  """As create_strategy's docstring and docs/scaling_out.md say, for devices
+  this machine does not have: the choice, not the strategy, is recorded."""
+  list_devices = tf.config.list_physical_devices
+  monkeypatch.setattr(tf.config, 'list_physical_devices', lambda kind=None: (
+      [f'GPU:{i}' for i in range(gpus)] if kind == 'GPU'
+      else list_devices(kind)))
+  monkeypatch.setattr(strategy_lib, '_tpu_host', lambda: tpu_host)
+  monkeypatch.setattr(strategy_lib, '_make_strategy',
+                      lambda name, **settings: (name, settings))
+  name, settings = strategy_lib.create_strategy(
+      _distribution('auto', cpu_devices))
+  assert name == picked
+  # Mirrored over the GPUs gets no device list (all of them), over the CPUs
+  # the logical ones; a single GPU is used when there is one.
+  assert settings['devices'] == (
+      ('/device:CPU:0', '/device:CPU:1') if picked == 'mirrored' and cpu_devices
+      else None)
+  assert settings['gpu'] == bool(gpus)
 
 
 def test_tpu_where_there_is_none_fails_at_once(tmp_path):
   process = run_main(f'--workdir={tmp_path}', '--config.data.source=synthetic',
                      '--config.distribution.strategy=tpu', timeout=120)
-  assert process.returncode == 2, process.stderr[-2000:]
-  last_line = process.stderr.strip().splitlines()[-1]
-  assert last_line.startswith('error: distribution.strategy=tpu: no TPU '
-                              "reachable at distribution.tpu='local'")
+  assert_refused(process, says="error: distribution.strategy=tpu: no TPU "
+                 "reachable at distribution.tpu='local'")

@@ -2,6 +2,8 @@
 
 import json
 import os
+import shutil
+import time
 
 import ml_collections
 import numpy as np
@@ -10,6 +12,7 @@ import tensorflow as tf
 
 from helpers import run_main
 from helpers import small_config
+from mnist_dist import idx
 from mnist_dist import input_pipeline
 from mnist_dist import steps
 from mnist_dist import train
@@ -23,20 +26,63 @@ def _weights(result):
   return [np.asarray(w) for w in result.model.get_weights()]
 
 
+def _on_idx(folder, **overrides):
+  return {'data.source': 'idx', 'data.dir': str(folder), **overrides}
+
+
+# The fields of a metrics.jsonl record, as the README lists them.
+_RECORD_FIELDS = {'step', 'epoch', 'train_loss', 'train_accuracy', 'eval_loss',
+                  'eval_accuracy', 'eval_examples', 'learning_rate',
+                  'nonfinite_steps', 'elapsed_s', 'wall_time',
+                  'examples_per_s'}
+
+
 @pytest.mark.parametrize('cpu_devices', [0, 2])
-def test_trains_and_writes_metrics(tmp_path, cpu_devices):
-  result = _run(tmp_path, {'distribution.cpu_devices': cpu_devices,
-                           'train.epochs': 2})
+def test_trains_and_writes_metrics(tmp_path, learnable_dir, cpu_devices):
+  started = time.time()
+  result = _run(tmp_path, _on_idx(learnable_dir, **{
+      'distribution.cpu_devices': cpu_devices, 'train.epochs': 2}))
   with open(os.path.join(tmp_path, 'metrics.jsonl')) as f:
     records = [json.loads(line) for line in f]
   assert records == result.metrics
   assert [r['epoch'] for r in records] == [1, 2]
   assert [r['step'] for r in records] == [16, 32]
+  first, last = records
+  # It learned: from chance (10%) to most of the test images, measured
+  # ~40% and ~91%.
+  assert last['train_loss'] < first['train_loss']
+  assert first['eval_accuracy'] < last['eval_accuracy'] >= 0.6
   for record in records:
-    assert record['eval_examples'] == 1000
-    assert np.isfinite(record['train_loss']) and np.isfinite(record['eval_loss'])
-    assert 0 <= record['eval_accuracy'] <= 1
+    assert set(record) == _RECORD_FIELDS
+    assert record['eval_examples'] == 1000  # The whole test set.
+    assert record['nonfinite_steps'] == 0
+    # The epoch's last rate: lr0 * decay_rate**(epoch - 1), staircase.
+    assert record['learning_rate'] == pytest.approx(
+        0.01 * 0.666**(record['epoch'] - 1), rel=1e-6)
+    assert 0 < record['elapsed_s'] <= time.time() - started
+    assert started <= record['wall_time'] <= time.time()
     assert record['examples_per_s'] > 0
+  assert first['elapsed_s'] < last['elapsed_s']
+
+
+def test_train_metrics_are_the_plain_loss_and_accuracy_of_the_examples(
+    tmp_path, learnable_dir):
+  # Trained on its own test set at a learning rate too small to move any
+  # weight: the epoch's train loss and accuracy must then be the evaluation's
+  # (up to summation order), on 2 replicas and with label smoothing on: sums
+  # of the plain per-example loss, not scaled for the gradient nor smoothed.
+  data = tmp_path / 'data'
+  data.mkdir()
+  for train_name, test_name in zip(idx.FILES['train'], idx.FILES['test']):
+    shutil.copy(learnable_dir / train_name, data / train_name)
+    shutil.copy(learnable_dir / train_name, data / test_name)
+  (record,) = _run(tmp_path / 'run', _on_idx(data, **{
+      'model.name': 'dense', 'optimizer.name': 'sgd',
+      'optimizer.learning_rate': 1e-30, 'train.label_smoothing': 0.1,
+      'distribution.cpu_devices': 2})).metrics
+  assert record['eval_examples'] == 1024  # 16 steps of 64: each once.
+  assert record['train_loss'] == pytest.approx(record['eval_loss'], rel=1e-5)
+  assert record['train_accuracy'] == record['eval_accuracy']
 
 
 def _assert_same_run(one, two):
@@ -232,9 +278,23 @@ def test_validation_split_keeps_the_test_set_for_the_end(tmp_path):
   assert last['test_examples'] == 1000 and 0 <= last['test_accuracy'] <= 1
 
 
-def test_stop_at_accuracy_ends_the_run_and_stays_ended(tmp_path):
-  overrides = {'train.stop_at_accuracy': 0.01, 'train.epochs': 3,
-               'data.validation_split': 100}
-  (record,) = _run(tmp_path, overrides).metrics
-  assert record['epoch'] == 1 and 'test_accuracy' in record
-  assert _run(tmp_path, overrides).metrics == []
+def test_stop_at_accuracy_ends_the_run_and_stays_ended(tmp_path,
+                                                      learnable_dir):
+  # A linear model under SGD learns slowly: accuracy climbs epoch by epoch.
+  overrides = _on_idx(learnable_dir, **{
+      'model.name': 'dense_softmax', 'optimizer.name': 'sgd',
+      'data.validation_split': 200, 'train.epochs': 4})
+  accuracies = [r['eval_accuracy']
+                for r in _run(tmp_path / 'all', overrides).metrics]
+  # The target: the first accuracy, from epoch 2 on, above all before it.
+  stop = next(epoch for epoch in range(2, len(accuracies) + 1)
+              if accuracies[epoch - 1] > max(accuracies[:epoch - 1]))
+  overrides['train.stop_at_accuracy'] = accuracies[stop - 1]
+  records = _run(tmp_path / 'stopped', overrides).metrics
+  # Stopped right after the first epoch at the target, not before or after;
+  # only then was the test set evaluated.
+  assert [r['eval_accuracy'] for r in records] == accuracies[:stop]
+  assert [r['epoch'] for r in records] == list(range(1, stop + 1))
+  assert ['test_accuracy' in r for r in records] == [False] * (stop - 1) + [
+      True]
+  assert _run(tmp_path / 'stopped', overrides).metrics == []

@@ -1,22 +1,25 @@
 """The workdir: written whole, held by one trainer, finished idempotently."""
 
+import functools
 import json
 import os
 import signal
 import socket
 import subprocess
-import sys
 import time
+import types
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import ROOT
+from helpers import assert_refused
 from helpers import checkpoint_variables
 from helpers import run_main
 from helpers import small_config
+from helpers import start_main
 from mnist_dist import errors
+from mnist_dist import metrics_file
 from mnist_dist import steps
 from mnist_dist import train
 from mnist_dist import trainable
@@ -34,20 +37,12 @@ def _dense(**overrides):
   return small_config({'model.name': 'dense', **overrides})
 
 
-def _one_line_error(process, expected):
-  assert process.returncode == 2, process.stderr[-2000:]
-  assert 'Traceback' not in process.stderr
-  (line,) = [l for l in process.stderr.splitlines() if l.startswith('error:')]
-  assert expected in line, line
-  return line
-
-
 def test_a_damaged_config_json_is_one_line_and_exit_2(tmp_path):
   train.train_and_evaluate(_dense(), str(tmp_path))
   path = tmp_path / workdir_lib.CONFIG
   path.write_text(path.read_text()[:40])  # As a crash mid-write would.
   process = run_main(f'--workdir={tmp_path}', *_SMALL)
-  _one_line_error(process, f'{path} is damaged')
+  assert_refused(process, says=f'{path} is damaged')
 
 
 def test_config_json_is_replaced_whole(tmp_path, monkeypatch):
@@ -62,21 +57,82 @@ def test_config_json_is_replaced_whole(tmp_path, monkeypatch):
   assert (tmp_path / 'f').read_text() == 'old'
 
 
+def test_a_file_is_on_disk_before_it_takes_the_name(tmp_path, monkeypatch):
+  # Flushed and fsynced under its temporary name, then renamed: a crash of
+  # the machine right after the rename cannot leave an empty file.
+  events = []
+  fsync, replace = os.fsync, os.replace
+  monkeypatch.setattr(os, 'fsync', lambda fd: (
+      events.append(('fsync', os.readlink(f'/proc/self/fd/{fd}'))), fsync(fd)))
+  monkeypatch.setattr(os, 'replace', lambda src, dst: (
+      events.append(('replace', src, dst)), replace(src, dst)))
+  path = str(tmp_path / 'f')
+  workdir_lib.write_atomically(path, 'data')
+  temporary = workdir_lib.temporary_name(path)
+  assert events == [('fsync', temporary), ('replace', temporary, path)]
+  assert (tmp_path / 'f').read_text() == 'data'
+
+
+# Each run-defining setting with another value than small_config's: the
+# docs' list (seed, model, optimizer, batch, precision, data), written out
+# here, not read from workdir.RUN_DEFINING_KEYS, so that a key dropped there
+# fails.
+@pytest.mark.parametrize('key,other', [
+    ('seed', 1), ('model.name', 'dense'), ('model.width', 2),
+    ('optimizer.name', 'sgd'), ('train.ema_decay', 0.9),
+    ('train.global_batch_size', 128), ('train.precision', 'mixed_bfloat16'),
+    ('data.source', 'idx'), ('data.train_examples', 512),
+    ('data.validation_split', 100)])
+def test_a_start_with_another_run_defining_value_is_refused(tmp_path, key,
+                                                             other):
+  workdir_lib.check_and_record_config(small_config(), str(tmp_path),
+                                      write=True)
+  was = functools.reduce(lambda node, part: node[part], key.split('.'),
+                         small_config())
+  with pytest.raises(errors.WorkdirError,
+                     match=f'{key} was {was!r}, now {other!r}'):
+    workdir_lib.check_and_record_config(small_config({key: other}),
+                                        str(tmp_path), write=True)
+
+
+def test_a_start_with_other_settings_that_define_no_run_is_accepted(tmp_path):
+  workdir_lib.check_and_record_config(small_config(), str(tmp_path),
+                                      write=True)
+  longer = small_config({'train.epochs': 5, 'checkpoint.every_steps': 7,
+                         'train.steps_per_loop': 4, 'outputs.plots': True,
+                         'train.stop_at_accuracy': 0.5})
+  workdir_lib.check_and_record_config(longer, str(tmp_path), write=True)
+  assert workdir_lib.read_config(str(tmp_path)) == longer  # Recorded.
+
+
+def test_taking_the_lock_removes_what_killed_writers_left(tmp_path):
+  (tmp_path / 'plots').mkdir()
+  export_left = tmp_path / 'export.tmp-12345'
+  export_left.mkdir()
+  (export_left / 'saved_model.pb').write_bytes(b'half')
+  left = [tmp_path / 'metrics.jsonl.tmp-12345',
+          tmp_path / 'plots' / 'predictions.png.tmp-12345']
+  kept = [tmp_path / 'metrics.jsonl', tmp_path / 'plots' / 'predictions.png']
+  for path in left + kept:
+    path.write_text(path.name)
+  with workdir_lib.Lock(str(tmp_path)):
+    assert not [path for path in [export_left, *left] if path.exists()]
+  assert [path.read_text() for path in kept] == [path.name for path in kept]
+
+
 @pytest.mark.slow  # Two trainer processes.
 def test_a_second_trainer_is_refused_while_the_first_holds_the_workdir(
     tmp_path):
-  first = subprocess.Popen(
-      [sys.executable, '-m', 'mnist_dist.main', f'--workdir={tmp_path}',
-       *_SMALL, '--config.train.epochs=100'],
-      cwd=ROOT, stderr=subprocess.PIPE, text=True)
+  first = start_main(f'--workdir={tmp_path}', *_SMALL,
+                     '--config.train.epochs=100')
   for line in first.stderr:
     if 'step ' in line:
       break
   second = run_main(f'--workdir={tmp_path}', *_SMALL)
   first.send_signal(signal.SIGTERM)
   first.communicate(timeout=120)
-  line = _one_line_error(second, f'{tmp_path} is in use by pid {first.pid} '
-                                 f'on {socket.gethostname()} since ')
+  line = assert_refused(second, says=f'{tmp_path} is in use by pid '
+                        f'{first.pid} on {socket.gethostname()} since ')
   assert str(tmp_path / workdir_lib.LOCK) in line
   # The first released it on its way out: the workdir can be resumed.
   assert not (tmp_path / workdir_lib.LOCK).exists()
@@ -116,6 +172,30 @@ def test_a_live_lock_of_another_machine_is_respected(tmp_path):
                      match='is in use by pid 1 on another-machine'):
     train.train_and_evaluate(_dense(), str(tmp_path))
   assert (tmp_path / workdir_lib.LOCK).exists()  # Not ours to remove.
+
+
+def test_the_lock_is_renewed_while_held(tmp_path, monkeypatch):
+  monkeypatch.setattr(workdir_lib.Lock, 'RENEW_S', 0.05)
+  lock_path = tmp_path / workdir_lib.LOCK
+
+  def renewed():
+    return json.loads(lock_path.read_text())['renewed']
+  with workdir_lib.Lock(str(tmp_path)):
+    taken = renewed()
+    deadline = time.time() + 10
+    while renewed() == taken and time.time() < deadline:
+      time.sleep(0.05)
+    assert renewed() > taken
+
+
+def test_a_live_lock_of_this_host_is_respected(tmp_path):
+  _write_lock(tmp_path, pid=os.getppid())  # Alive: this test's parent.
+  with pytest.raises(errors.WorkdirError,
+                     match=f'is in use by pid {os.getppid()} on '
+                     f'{socket.gethostname()}'):
+    with workdir_lib.Lock(str(tmp_path)):
+      pass
+  assert (tmp_path / workdir_lib.LOCK).exists()
 
 
 @pytest.mark.slow  # Two runs, an export and plots.
@@ -210,12 +290,28 @@ def test_a_mixed_float16_run_resumes_with_its_loss_scale(tmp_path):
 def test_an_unusable_remote_path_is_one_line_with_its_cause(tmp_path, flag,
                                                             expected):
   args = [f'--workdir={tmp_path}', *_SMALL, '--config.data.source=auto', flag]
-  line = _one_line_error(run_main(*args), expected)
+  line = assert_refused(run_main(*args), says=expected)
   # Here, without network access, the cause is the network; elsewhere it may
   # be credentials or a missing bucket, but always one of these.
   assert line.split(': ')[-1] in (
       'cannot reach the store (network or DNS)',
       'access denied (credentials or permissions)', 'not found'), line
+
+
+def test_records_past_the_checkpoint_resumed_from_are_made_again(tmp_path):
+  # A kill after an epoch's record but before its checkpoint: the resumed
+  # run evaluates that epoch again, and its record must not appear twice.
+  (tmp_path / workdir_lib.METRICS).write_text(''.join(
+      json.dumps({'step': step, 'epoch': step // 16}) + '\n'
+      for step in (16, 32)))
+  writer = metrics_file.MetricsFile()
+  context = types.SimpleNamespace(workdir=str(tmp_path))  # All it reads.
+  writer.start(context, step=20)
+  writer.record(context, {'step': 32, 'epoch': 2, 'again': True})
+  assert [json.loads(line) for line in (tmp_path / workdir_lib.METRICS)
+          .read_text().splitlines()] == [{'step': 16, 'epoch': 1},
+                                         {'step': 32, 'epoch': 2,
+                                          'again': True}]
 
 
 def test_a_torn_last_metrics_line_is_dropped_and_made_again(tmp_path, caplog):
