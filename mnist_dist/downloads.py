@@ -54,6 +54,9 @@ def unreachable(url: str, *, timeout_s: float = CONNECT_TIMEOUT_S
 def why_no_download(builder) -> str | None:
   """Why builder's missing files cannot be downloaded, or None: nothing is
   missing, or its download host answers (or may)."""
+  root = str(builder.data_dir_root)
+  if os.path.exists(root) and not os.path.isdir(root):
+    return None  # No download could go there: TFDS says so, at once.
   missing = [url for url, url_info in builder.url_infos.items()
              if not _on_disk(builder, url, url_info)]
   return unreachable(missing[0]) if missing else None
