@@ -151,6 +151,28 @@ def _finite_on_every_replica(gradients: list[tf.Tensor]) -> list[tf.Tensor]:
           for g in gradients]
 
 
+def _make_forward_backward(*, model, optimizer, global_batch_size: int,
+                           label_smoothing: float, micro_batches: int):
+  """forward_backward(images, labels) -> (gradients, example_sums): one
+  (micro-)batch's part of make_train_step's update."""
+
+  def forward_backward(images, labels):
+    with tf.GradientTape() as tape:
+      logits = model(images, training=True)
+      per_example_loss = _per_example_loss(labels, logits)
+      loss = tf.nn.compute_average_loss(
+          _smoothed_loss(labels, logits, label_smoothing) if label_smoothing
+          else per_example_loss, global_batch_size=global_batch_size)
+      if model.losses:
+        loss += tf.nn.scale_regularization_loss(
+            tf.add_n(model.losses)) / micro_batches
+      scaled_loss = optimizer.scale_loss(loss)  # Loss scaling for float16.
+    gradients = tape.gradient(scaled_loss, model.trainable_variables)
+    return gradients, example_sums(labels, logits, per_example_loss)
+
+  return forward_backward
+
+
 def make_train_step(*, model: keras.Model,
                     optimizer: keras.optimizers.Optimizer,
                     global_batch_size: int, jit_compile: bool,
@@ -183,21 +205,9 @@ def make_train_step(*, model: keras.Model,
   as they are each replica's). Regularization losses, computed in full for
   each micro-batch, are divided by k too. A step is still one update.
   """
-
-  def forward_backward(images, labels):
-    with tf.GradientTape() as tape:
-      logits = model(images, training=True)
-      per_example_loss = _per_example_loss(labels, logits)
-      loss = tf.nn.compute_average_loss(
-          _smoothed_loss(labels, logits, label_smoothing) if label_smoothing
-          else per_example_loss, global_batch_size=global_batch_size)
-      if model.losses:
-        loss += tf.nn.scale_regularization_loss(
-            tf.add_n(model.losses)) / accumulation_steps
-      scaled_loss = optimizer.scale_loss(loss)  # Loss scaling for float16.
-    gradients = tape.gradient(scaled_loss, model.trainable_variables)
-    return gradients, example_sums(labels, logits, per_example_loss)
-
+  forward_backward = _make_forward_backward(
+      model=model, optimizer=optimizer, global_batch_size=global_batch_size,
+      label_smoothing=label_smoothing, micro_batches=accumulation_steps)
   if jit_compile:
     forward_backward = tf.function(forward_backward, jit_compile=True)
 
