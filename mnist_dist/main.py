@@ -85,7 +85,7 @@ def _parse_flags(argv):
   try:
     argv = FLAGS(argv)
     # A config file that failed to load raises only when first used.
-    FLAGS.config  # pylint: disable=pointless-statement
+    FLAGS.config.keys()
     return argv
   except _BAD_FLAG_ERRORS as e:
     _fail_on_flag(e)
