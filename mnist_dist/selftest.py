@@ -399,11 +399,12 @@ def same_global_batches(machine: Machine, sizes: Sizes) -> Measured:
       f'between {_replicas(machine.replicas)} and 1')
 
 
-def _weights_apart(machine: Machine, sizes: Sizes, *, reference,
-                   candidate) -> tuple[float, int]:
+def _weights_apart(machine: Machine, sizes: Sizes, *, reference, candidate,
+                   compared: str) -> Measured:
   """How far apart, relative to their move, the weights of a `conv` net end
   after sizes.train_steps SGD steps from the same start and batches under
-  reference and candidate, each (strategy, config); and the global batch.
+  reference and candidate, each (strategy, config). compared: what the two
+  are, for the row's line ({batch}: the global batch).
   """
   global_batch = sizes.per_replica_batch * machine.replicas
   split = _split(reference[1], global_batch * sizes.train_steps)
@@ -417,34 +418,30 @@ def _weights_apart(machine: Machine, sizes: Sizes, *, reference,
   value = _max_ratio([b - a for a, b in zip(reached, other)],
                      [a - b for a, b in zip(reached, start)],
                      norm=np.linalg.norm)
-  return value, global_batch
+  return Measured(
+      value, WEIGHTS_TOLERANCE[machine.precision],
+      f'conv, {sizes.train_steps} SGD steps of global batch {global_batch}'
+      f'{compared.format(batch=global_batch)}: weights apart by {value:.1e} '
+      'of their move (largest, relative)')
 
 
 def same_weights(machine: Machine, sizes: Sizes) -> Measured:
   config = _config({'model.name': 'conv', 'optimizer.learning_rate': 0.05})
-  value, global_batch = _weights_apart(
+  return _weights_apart(
       machine, sizes, reference=(machine.one_replica, config),
-      candidate=(machine.strategy, config))
-  return Measured(
-      value, WEIGHTS_TOLERANCE[machine.precision],
-      f'conv, {sizes.train_steps} SGD steps of global batch {global_batch}: '
-      f'weights of {_replicas(machine.replicas)} and 1 apart by {value:.1e} of'
-      ' their move (largest, relative)')
+      candidate=(machine.strategy, config),
+      compared=f', {_replicas(machine.replicas)} against 1')
 
 
 def accumulation(machine: Machine, sizes: Sizes) -> Measured:
   config = _config({'model.name': 'conv', 'optimizer.learning_rate': 0.05})
   accumulated = _config({'model.name': 'conv', 'optimizer.learning_rate': 0.05,
                          'train.accumulation_steps': 2})
-  value, global_batch = _weights_apart(
+  return _weights_apart(
       machine, sizes, reference=(machine.strategy, config),
-      candidate=(machine.strategy, accumulated))
-  return Measured(
-      value, WEIGHTS_TOLERANCE[machine.precision],
-      f'conv, {sizes.train_steps} SGD steps of global batch {global_batch} on '
-      f'{_replicas(machine.replicas)}, as 2 micro-batches a replica and '
-      f'whole: weights apart by {value:.1e} of their move (largest, '
-      'relative)')
+      candidate=(machine.strategy, accumulated),
+      compared=f' on {_replicas(machine.replicas)}, as 2 micro-batches a '
+      'replica and whole')
 
 
 def _moving_statistics(model: keras.Model) -> list[np.ndarray]:

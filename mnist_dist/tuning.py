@@ -10,6 +10,10 @@ from mnist_dist import actions
 from mnist_dist import metrics_file
 
 
+# The service sets it in a trial's environment.
+TRIAL_VARIABLE = 'CLOUD_ML_TRIAL_ID'
+
+
 class TuningService(actions.Action):
   """Reports `metric` of every record so far, inside a tuning trial only.
 
@@ -22,8 +26,9 @@ class TuningService(actions.Action):
 
   def record(self, context, record):
     del record  # metrics.jsonl holds it, and the ones before it.
-    report_to_tuning_service(metrics_file.read_metrics(context.workdir),
-                             metric=self._metric)
+    if TRIAL_VARIABLE in os.environ:  # Else nothing to read the file for.
+      report_to_tuning_service(metrics_file.read_metrics(context.workdir),
+                               metric=self._metric)
 
 
 def report_to_tuning_service(records: list[dict], *, metric: str) -> None:
@@ -35,7 +40,7 @@ def report_to_tuning_service(records: list[dict], *, metric: str) -> None:
   holds the last 100 reports, one JSON object per line, sorted keys, values
   as strings but the timestamp.
   """
-  trial = os.environ.get('CLOUD_ML_TRIAL_ID')
+  trial = os.environ.get(TRIAL_VARIABLE)
   if trial is None:
     return
   path = os.environ.get('CLOUD_ML_HP_METRIC_FILE',
