@@ -13,23 +13,35 @@ and checkpoints. Each worker's output lines are prefixed with `[worker N]`.
 A supervisor, as torchrun is for PyTorch:
 - Each worker runs in a process group of its own, so a terminal's Ctrl-C
   reaches it once, through this launcher: SIGINT or SIGTERM here is passed on
-  to every worker, the cluster saves one checkpoint and stops, and this exits
-  75 (a second one is passed on too: the workers exit at once).
-- All workers exiting 75 (any worker was signalled: they stop together) is a
-  clean stop, and so exits 75.
-- Any other failure of a worker (killed, exit 76 after losing a peer, an
-  error) stops the others: SIGTERM, then SIGKILL after --grace_s.
-- --max_restarts=N relaunches the whole cluster, up to N times, after a stop
-  that was not asked of this launcher (a lost or preempted worker), so a run
-  survives a lost worker unattended; each relaunch resumes from the chief's
+  to every worker that is training; the cluster saves one checkpoint and
+  stops, and this exits 75 (a second one is passed on too: the workers exit
+  at once). Workers still starting have nothing to save and are killed.
+- The outcome is decided by why the first workers ended on their own, never
+  by the codes of workers this launcher stopped itself:
+    killed by a signal it did not send   lost (a crash, OOM, a kill): 76
+    exit 76                              it lost a peer (or the cluster could
+                                         not form, or missed heartbeats): 76
+    exit 75                              preempted: the cluster saved: 75
+    exit 0                               the run finished: 0
+    any other code (2 bad config, ...)   that code, not retried
+- Once a worker failed, the others are stopped: those with nothing to save
+  (still starting, or stuck joining the cluster: TensorFlow holds SIGTERM
+  there) are killed at once, so a loss at start-up ends in seconds; those
+  training get --grace_s to notice the loss themselves and exit 76 with the
+  last good checkpoint, then are killed. A worker tells which it is in a file
+  named by $MNIST_DIST_PHASE_FILE (`mnist_dist.cluster.report_phase`).
+- --max_restarts=N relaunches the whole cluster, up to N times, after an
+  outcome of 75 or 76 this launcher was not asked for, so a run survives lost
+  and preempted workers unattended; each relaunch resumes from the chief's
   last checkpoint. With --min_workers below --workers, workers that were lost
   (killed) are treated as machines that do not come back: the relaunch uses
   the survivors, never fewer than --min_workers (the run continues on fewer
   replicas: the global batch, and so the result, stays the same).
 
-Exits 0 when the run finished; 75 when it stopped cleanly; 76 when a worker
-was lost (killed, or exited 76), which relaunching resumes from; otherwise the
-code of the first worker that failed (128+N for one killed by signal N).
+Exits with the outcome above: 0 when the run finished, 75 when it stopped
+cleanly (asked, or preempted with no restarts left), 76 when a worker was
+lost and no restart was left, otherwise the code of the first worker that
+failed on its own.
 """
 
 import dataclasses
@@ -39,6 +51,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -51,8 +64,8 @@ from mnist_dist import errors  # pylint: disable=g-import-not-at-top,wrong-impor
 
 _WORKERS = flags.DEFINE_integer('workers', 2, 'Number of worker processes.')
 _GRACE_S = flags.DEFINE_float(
-    'grace_s', 30.0, 'Seconds the other workers get to stop on their own, '
-    'and then after SIGTERM, before they are killed, once a worker failed.')
+    'grace_s', 30.0, 'Seconds the training workers get to stop on their '
+    'own once a worker failed, before they are killed.')
 _MAX_RESTARTS = flags.DEFINE_integer(
     'max_restarts', 0, 'Relaunches of the whole cluster after a stop this '
     'launcher was not asked for.')
@@ -93,6 +106,57 @@ def _relay(prefix: str, stream) -> None:
     sys.stdout.flush()
 
 
+@dataclasses.dataclass(frozen=True)
+class Ending:
+  """How one worker ended, and whether it says why the cluster ended."""
+  worker: int
+  returncode: int
+  stopped_by_us: bool  # This launcher signalled it before it ended.
+
+  @property
+  def lost(self) -> bool:
+    """Killed by a signal this launcher did not send."""
+    return self.returncode < 0 and not self.stopped_by_us
+
+  @property
+  def cause(self) -> int | None:
+    """The cluster's code this ending stands for, or None (stopped by us)."""
+    if self.stopped_by_us:
+      return None
+    return errors.EXIT_WORKER_LOST if self.lost else self.returncode
+
+  def __str__(self):
+    code = exit_code(self.returncode)
+    if self.returncode < 0:
+      name = signal.Signals(-self.returncode).name
+      return (f'worker {self.worker} was lost: killed by {name}' if self.lost
+              else f'worker {self.worker} stopped by the launcher ({name})')
+    meaning = {0: 'finished', errors.EXIT_INTERRUPTED: 'stopped, saved',
+               errors.EXIT_WORKER_LOST: 'lost a peer'}.get(code, 'failed')
+    by_us = ', stopped by the launcher' if self.stopped_by_us else ''
+    return f'worker {self.worker} exited {code} ({meaning}{by_us})'
+
+
+# Which of the causes seen at once decides: a kill explains the exits 76 it
+# brings about, and a failure of the run itself (a bad config, a bug) is not
+# retried even if peers lost it meanwhile.
+_PRECEDENCE = (errors.EXIT_WORKER_LOST, errors.EXIT_INTERRUPTED, 0)
+
+
+def _deciding(endings: list[Ending]) -> int | None:
+  """The cluster's code from endings seen at once; None if none is a cause."""
+  causes = [ending for ending in endings if ending.cause is not None]
+  if not causes:
+    return None
+  if any(ending.lost for ending in causes):
+    return errors.EXIT_WORKER_LOST
+  failed = [e.cause for e in causes if e.cause not in _PRECEDENCE]
+  if failed:
+    return failed[0]
+  return next(code for code in _PRECEDENCE
+              if code in {e.cause for e in causes})
+
+
 @dataclasses.dataclass
 class Outcome:
   """How one launch of the cluster ended."""
@@ -109,12 +173,16 @@ class Outcome:
 class Cluster:
   """One launch: the workers, their output relays, and how they ended."""
 
-  def __init__(self, trainer_args: list[str], *, workers: int):
+  def __init__(self, trainer_args: list[str], *, workers: int,
+               phase_dir: str):
     addresses = [f'127.0.0.1:{port}' for port in free_ports(workers)]
-    self.processes, self._relays = [], []
+    self.processes, self._relays, self._phase_files = [], [], []
     self._stopped_by_us = set()
+    self._causes: list[Ending] = []  # The first endings on their own.
     for index in range(workers):
-      env = dict(os.environ, TF_CONFIG=tf_config(addresses, index))
+      phase_file = os.path.join(phase_dir, f'worker-{index}')
+      env = dict(os.environ, TF_CONFIG=tf_config(addresses, index),
+                 MNIST_DIST_PHASE_FILE=phase_file)
       process = subprocess.Popen(
           [sys.executable, '-m', 'mnist_dist.main', *trainer_args,
            '--config.distribution.strategy=multi_worker_mirrored'],
@@ -126,14 +194,26 @@ class Cluster:
       relay.start()
       self.processes.append(process)
       self._relays.append(relay)
+      self._phase_files.append(phase_file)
 
   def running(self) -> list[int]:
     return [i for i, p in enumerate(self.processes) if p.poll() is None]
 
-  def signal_all(self, signum: int) -> None:
-    for index in self.running():
-      self._stopped_by_us.add(index)
-      self.processes[index].send_signal(signum)
+  def training(self) -> list[int]:
+    """The running workers that have state to save (`report_phase`)."""
+    def phase(index):
+      try:
+        with open(self._phase_files[index]) as f:
+          return f.read().strip()
+      except FileNotFoundError:
+        return 'starting'
+    return [i for i in self.running() if phase(i) == 'training']
+
+  def signal(self, workers: list[int], signum: int) -> None:
+    for index in workers:
+      if self.processes[index].poll() is None:
+        self._stopped_by_us.add(index)
+        self.processes[index].send_signal(signum)
 
   def _wait(self, seconds: float) -> None:
     deadline = time.monotonic() + seconds
@@ -141,56 +221,54 @@ class Cluster:
       time.sleep(0.1)
 
   def stop(self, grace_s: float) -> None:
-    """Gives the rest grace_s to end on their own, then SIGTERM, then SIGKILL."""
+    """Kills the workers with nothing to save at once; gives the others
+    grace_s to end on their own (they notice a lost peer themselves), then
+    kills them."""
+    idle = sorted(set(self.running()) - set(self.training()))
+    if idle:
+      say(f'killing workers {idle} at once (SIGKILL): nothing to save')
+      self.signal(idle, signal.SIGKILL)
     self._wait(grace_s)
     if self.running():
-      say(f'stopping workers {self.running()} (SIGTERM)')
-      self.signal_all(signal.SIGTERM)
-      self._wait(grace_s)
-    if self.running():
-      say(f'killing workers {self.running()} (SIGKILL)')
-      self.signal_all(signal.SIGKILL)
+      say(f'killing workers {self.running()} (SIGKILL) after {grace_s:g} s')
+      self.signal(self.running(), signal.SIGKILL)
     for process in self.processes:
       process.wait()
+
+  def _ended_on_their_own(self) -> list[Ending]:
+    return [Ending(i, p.returncode, stopped_by_us=False)
+            for i, p in enumerate(self.processes)
+            if p.poll() is not None and i not in self._stopped_by_us]
 
   def supervise(self, grace_s: float, asked: threading.Event) -> Outcome:
     """Waits for the workers; stops them all once one fails."""
     while self.running():
-      failed = [i for i, p in enumerate(self.processes)
-                if p.returncode not in (None, 0, errors.EXIT_INTERRUPTED)]
-      if failed:
-        say(f'worker {failed[0]} exited with code '
-            f'{exit_code(self.processes[failed[0]].returncode)}: stopping '
-            'the cluster')
+      ended = self._ended_on_their_own()
+      code = _deciding(ended)
+      if code not in (None, 0) and not self._causes and not asked.is_set():
+        self._causes = ended
+        say(f'{"; ".join(map(str, ended))}: stopping the cluster')
+        if code == errors.EXIT_INTERRUPTED:
+          self._wait(grace_s)  # The others are saving the same step.
         self.stop(grace_s)
-        break
-      if len(self.running()) < len(self.processes) and not asked.is_set():
-        # Some stopped cleanly (75): the rest are saving, or will fail.
-        self._wait(grace_s)
-        if self.running():
-          self.stop(grace_s)
-        break
-      time.sleep(0.2)
+      time.sleep(0.1)
     for relay in self._relays:
       relay.join()
     return self._outcome(asked.is_set())
 
   def _outcome(self, asked: bool) -> Outcome:
-    codes = [exit_code(p.returncode) for p in self.processes]
-    lost = [i for i, p in enumerate(self.processes)
-            if p.returncode < 0 and i not in self._stopped_by_us]
-    for index in lost:
-      say(f'worker {index} was lost: killed by '
-          f'{signal.Signals(-self.processes[index].returncode).name}')
-    failures = [i for i, code in enumerate(codes)
-                if code not in (0, errors.EXIT_INTERRUPTED)]
-    if not failures:
-      code = errors.EXIT_INTERRUPTED if errors.EXIT_INTERRUPTED in codes else 0
-    elif lost:
-      code = errors.EXIT_WORKER_LOST  # Retryable: relaunching resumes.
-    else:
-      code = codes[failures[0]]
-    return Outcome(code=code, lost=lost, asked=asked)
+    endings = [Ending(i, p.returncode, stopped_by_us=i in self._stopped_by_us)
+               for i, p in enumerate(self.processes)]
+    say('; '.join(map(str, endings)))
+    code = _deciding(self._causes or endings)
+    if code is None:  # Every worker was stopped by this launcher, as asked.
+      code = errors.EXIT_INTERRUPTED
+    if asked and code == errors.EXIT_WORKER_LOST:
+      # Stopped as asked: the peers of those killed (nothing to save yet)
+      # lost them.
+      code = errors.EXIT_INTERRUPTED
+    return Outcome(code=code, lost=[e.worker for e in endings if e.lost],
+                   asked=asked)
 
 
 def run_cluster(trainer_args: list[str], *, workers: int, grace_s: float,
@@ -204,22 +282,27 @@ def run_cluster(trainer_args: list[str], *, workers: int, grace_s: float,
     asked.set()
     say(f'{signal.Signals(signum).name}: passing it on to the workers')
     if current:
-      current[0].signal_all(signum)
+      cluster = current[0]
+      idle = sorted(set(cluster.running()) - set(cluster.training()))
+      cluster.signal(cluster.training(), signum)
+      cluster.signal(idle, signal.SIGKILL)  # Nothing to save yet.
 
   for signum in (signal.SIGTERM, signal.SIGINT):
     signal.signal(signum, forward)
 
   restarts = 0
-  while True:
-    current[:] = [Cluster(trainer_args, workers=workers)]
-    outcome = current[0].supervise(grace_s, asked)
-    if not outcome.retryable or restarts >= max_restarts:
-      break
-    restarts += 1
-    if outcome.lost and min_workers is not None:
-      workers = max(min_workers, workers - len(outcome.lost))
-    say(f'restart {restarts}/{max_restarts}: relaunching {workers} '
-        "workers, to resume from the chief's last checkpoint")
+  with tempfile.TemporaryDirectory(prefix='local_cluster_') as phase_dir:
+    while True:
+      current[:] = [Cluster(trainer_args, workers=workers,
+                            phase_dir=tempfile.mkdtemp(dir=phase_dir))]
+      outcome = current[0].supervise(grace_s, asked)
+      if not outcome.retryable or restarts >= max_restarts:
+        break
+      restarts += 1
+      if outcome.lost and min_workers is not None:
+        workers = max(min_workers, workers - len(outcome.lost))
+      say(f'restart {restarts}/{max_restarts}: relaunching {workers} '
+          "workers, to resume from the chief's last checkpoint")
   say(f'cluster finished with exit code {outcome.code}')
   return outcome.code
 

@@ -11,20 +11,33 @@ the others waiting in a collective that can never complete. Two rules follow.
   checkpoint together (the chief's copy is kept) and exit 75. The vote needs
   nothing of the platform, so it holds where TensorFlow's
   PreemptionCheckpointHandler does not (GCE TPU and CPU VMs).
-- **A lost worker is named, not a traceback.** A worker killed without
-  warning (SIGKILL, out of memory, its machine gone) cannot vote. TensorFlow's
-  collectives then fail on the survivors: at once where the peer's sockets
-  close (its process died), or once TensorFlow's coordination service misses
-  its heartbeats (its machine went silent: 10 s, the service's default, which
-  MultiWorkerMirroredStrategy starts with the cluster). `peer_failures` turns that
-  error into `errors.WorkerLost`, which names the peer; the entry point prints one
-  line and exits 76, and relaunching the cluster resumes from the chief's
-  last checkpoint.
+- **A lost worker is named, not a traceback, wherever it strikes.** A worker
+  killed without warning (SIGKILL, out of memory, its machine gone) cannot
+  vote. TensorFlow's collectives and its coordination service then fail on
+  the survivors: at once where the peer's sockets close, or once the service
+  misses its heartbeats (distribution.heartbeat_timeout_s); a worker that
+  never joins fails the others' join after distribution.join_timeout_s.
+  `peer_failures` wraps everything a worker does with the cluster, from
+  creating the strategy to the export, and turns that error into
+  `errors.WorkerLost`, which names the peer (or says the cluster could not
+  form) and the last good checkpoint; the entry point prints one line and
+  exits 76, and relaunching the cluster resumes from the chief's checkpoint.
+  A worker declared gone while alive (starved of CPU past the timeout) is a
+  loss like any other: every worker exits 76, and the relaunch resumes.
+- **A worker says whether it has anything to save** (`report_phase`), so a
+  supervisor stops those that have not at once: before its first step a
+  worker holds nothing the chief's checkpoint does not.
 """
 
 import contextlib
 import dataclasses
+import os
 import re
+import signal
+import subprocess
+import sys
+import threading
+from typing import Callable
 
 import tensorflow as tf
 
@@ -63,42 +76,156 @@ def topology(strategy: tf.distribute.Strategy) -> Topology:
   return Topology(workers=workers, replicas=strategy.num_replicas_in_sync)
 
 
-def _peer_name(message: str, cluster: dict[str, list[str]]) -> str:
+# A task as TensorFlow names it: /job:worker/replica:0/task:2, /job:worker/task:2.
+_TASK = r'/job:(\w+)/(?:replica:\d+/)?task:(\d+)'
+# Where a message names the task at fault (the coordination service's
+# health check, or the task that reported the error), before any other.
+_AT_FAULT = (r'unhealthy[^/]*' + _TASK, r'reported from ' + _TASK)
+
+
+def _peer_name(message: str, cluster: dict[str, list[str]], *,
+               own: tuple[str, int] | None = None) -> str:
   """'worker 1 (host:port)' from what a failed collective says, if it can.
 
-  cluster: {job: [address of each task]}, the strategy's cluster spec.
+  cluster: {job: [address of each task]}, the cluster spec of TF_CONFIG.
+  own: this process's (job, index), which the message also names (its own
+  devices) but which is not the lost one.
   """
-  task = re.search(r'/job:(\w+)/replica:\d+/task:(\d+)', message)
-  if task:
-    job, index = task.group(1), int(task.group(2))
-    addresses = cluster.get(job, [])
-    address = f' ({addresses[index]})' if index < len(addresses) else ''
-    return f'{job} {index}{address}'
+  tasks = [(m[1], int(m[2])) for pattern in _AT_FAULT
+           for m in re.finditer(pattern, message)]
+  tasks += [(m[1], int(m[2])) for m in re.finditer(_TASK, message)]
+  for job, index in tasks:
+    if (job, index) != own:
+      addresses = cluster.get(job, [])
+      address = f' ({addresses[index]})' if index < len(addresses) else ''
+      return f'{job} {index}{address}'
   for job, addresses in cluster.items():
     for index, address in enumerate(addresses):
-      if address in message:
+      if address in message and (job, index) != own:
         return f'{job} {index} ({address})'
   return 'a worker'
 
 
-@contextlib.contextmanager
-def peer_failures(strategy: tf.distribute.Strategy, *, step_of,
-                  checkpoint_dir: str):
-  """Turns a collective's failure over a lost peer into WorkerLost.
+def _tf_config_cluster(distribution_config):
+  """({job: addresses}, this task) of a multi-worker run's TF_CONFIG, or
+  ({}, None) for one process."""
+  if distribution_config.strategy != 'multi_worker_mirrored':
+    return {}, None
+  resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+  spec = resolver.cluster_spec().as_dict()
+  cluster = {job: list(tasks.values()) if isinstance(tasks, dict) else tasks
+             for job, tasks in spec.items() if job in ('chief', 'worker')}
+  if sum(map(len, cluster.values())) <= 1:
+    return {}, None
+  return cluster, (resolver.task_type, resolver.task_id)
 
-  step_of: returns the last step this process completed, for the message.
+
+@dataclasses.dataclass
+class Progress:
+  """How far this worker got: what the line of a lost peer says."""
+  formed: bool = False  # The cluster formed: the strategy was created.
+  # The last step trained (or restored); None before the run is built.
+  step_of: Callable[[], int] | None = None
+
+
+@contextlib.contextmanager
+def peer_failures(distribution_config, *, checkpoint_dir: str):
+  """Turns a failure over a lost peer, wherever it strikes, into WorkerLost.
+
+  Yields a Progress for the caller to keep up to date. Around everything a
+  worker does with the cluster: joining it (creating the strategy), the
+  variables' first broadcast, training, evaluation, checkpoints, the export.
   checkpoint_dir: the chief's checkpoints, whose newest the message names.
   Only multi-worker runs: in one process these errors are bugs, not peers.
   """
-  if topology(strategy).workers == 1:
-    yield
+  progress = Progress()
+  cluster, own = _tf_config_cluster(distribution_config)
+  if not cluster:
+    yield progress
     return
   try:
-    yield
+    yield progress
   except _PEER_ERRORS as e:
-    cluster = strategy.cluster_resolver.cluster_spec().as_dict()
-    raise WorkerLost(_peer_name(str(e), cluster), step_of(),
-                     tf.train.latest_checkpoint(checkpoint_dir)) from e
+    peer = _peer_name(str(e), cluster, own=own)
+    latest = tf.train.latest_checkpoint(checkpoint_dir)
+    if not progress.formed:
+      raise WorkerLost.before_forming(peer, latest) from e
+    raise WorkerLost(peer, progress.step_of and progress.step_of(),
+                     latest) from e
+
+
+# Run by `joining` in a process of its own: waits for its stdin to close (the
+# join ended) for TIMEOUT seconds; past them, says so and kills the worker.
+_JOIN_WATCHDOG = """
+import os, select, signal, sys
+parent, timeout, line = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+if not select.select([sys.stdin], [], [], timeout)[0]:
+  sys.stderr.write(line + chr(10))
+  sys.stderr.flush()
+  os.kill(parent, signal.SIGKILL)
+"""
+# After join_timeout_s TensorFlow's own error comes first where it has one.
+_JOIN_GRACE_S = 5.0
+
+
+@contextlib.contextmanager
+def joining(distribution_config, *, checkpoint_dir: str):
+  """Bounds the wait for every worker to join, to distribution.join_timeout_s.
+
+  TensorFlow waits an hour for a worker that never comes (a fixed timeout of
+  its coordination service), and holds Python's lock meanwhile, so no thread
+  or signal handler of this process can act: a watchdog process ends it, with
+  the one line, and the kill makes a supervisor count it as lost. When the
+  chief itself is gone, TensorFlow gives up first (the same timeout, through
+  the coordination service), and `peer_failures` names it.
+  """
+  cluster, _ = _tf_config_cluster(distribution_config)
+  if not cluster:
+    yield
+    return
+  timeout_s = distribution_config.join_timeout_s
+  latest = tf.train.latest_checkpoint(checkpoint_dir)
+  line = 'error: ' + str(WorkerLost(
+      'a worker', None, latest, what=(
+          f'the cluster could not form within {timeout_s:g} s '
+          '(distribution.join_timeout_s): not every worker joined')))
+  watchdog = subprocess.Popen(
+      [sys.executable, '-c', _JOIN_WATCHDOG, str(os.getpid()),
+       str(timeout_s + _JOIN_GRACE_S), line], stdin=subprocess.PIPE)
+  try:
+    yield
+  finally:
+    watchdog.stdin.close()  # Joined, or failed: either way, done waiting.
+    watchdog.wait()
+
+
+# Set by a supervisor (launch/local_cluster.py): where this worker says
+# whether it has state to save, so that a stop kills at once the workers
+# that have none. SIGTERM cannot stop a worker joining the cluster:
+# TensorFlow catches it there (its preemption notifier) and holds Python.
+PHASE_FILE_VAR = 'MNIST_DIST_PHASE_FILE'
+
+
+def report_phase(phase: str) -> None:
+  """'training' (a stop must let it save) or 'finishing' (the outputs,
+  which the next start makes again): written whole, for the supervisor."""
+  path = os.environ.get(PHASE_FILE_VAR)
+  if path:
+    with open(path + '.tmp', 'w') as f:
+      f.write(phase)
+    os.replace(path + '.tmp', path)
+
+
+def nothing_to_save_yet() -> None:
+  """SIGTERM ends this process at once until training starts.
+
+  Creating a multi-worker strategy installs TensorFlow's SIGTERM handler
+  (its preemption notifier), which only records the signal: a preempted
+  worker would go on building, then hold the cluster up. Before the first
+  step there is nothing to save, so the default action is right.
+  """
+  if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class StopVote:
@@ -112,7 +239,9 @@ class StopVote:
     self._strategy = strategy
     self._multi_worker = topology(strategy).workers > 1
 
-    @tf.function
+    # No Python control flow to convert; AutoGraph warns that it cannot
+    # convert this closure on some runs.
+    @tf.function(autograph=False)
     def all_reduce(flag):
       per_replica = strategy.run(tf.identity, args=(flag,))
       return strategy.reduce(SUM, per_replica, axis=None)

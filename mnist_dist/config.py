@@ -154,6 +154,15 @@ def default_config() -> ml_collections.ConfigDict:
   config.distribution.cpu_devices = 0
   # For strategy=tpu: 'local' (a TPU VM), a TPU name, or grpc://host:port.
   config.distribution.tpu = 'local'
+  # multi_worker_mirrored: seconds of missed heartbeats after which the
+  # cluster declares a worker gone (every survivor then exits 76). 0: auto,
+  # 10 s (TensorFlow's) on a GPU host, 30 s on a CPU-only one, whose training
+  # threads can starve the heartbeats of a loaded machine (docs/scaling_out.md).
+  config.distribution.heartbeat_timeout_s = 0.0
+  # multi_worker_mirrored: seconds a worker waits for all the others to join
+  # the cluster before it gives up ("the cluster could not form", exit 76);
+  # TensorFlow's own wait is an hour.
+  config.distribution.join_timeout_s = 600.0
   return config
 
 
@@ -273,6 +282,10 @@ def _check_training_and_outputs(config) -> None:
     raise ConfigError(str(e)) from None
   if config.distribution.cpu_devices < 0:
     raise ConfigError('distribution.cpu_devices must be >= 0')
+  if config.distribution.heartbeat_timeout_s < 0:
+    raise ConfigError('distribution.heartbeat_timeout_s must be >= 0 (0: auto)')
+  if config.distribution.join_timeout_s <= 0:
+    raise ConfigError('distribution.join_timeout_s must be > 0')
   if config.distribution.cpu_devices and config.distribution.strategy not in (
       'auto', 'mirrored'):
     raise ConfigError(

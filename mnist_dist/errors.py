@@ -82,10 +82,18 @@ class Interrupted(Error):
 class WorkerLost(Error):
   """A collective failed because another worker of the cluster is gone."""
 
-  def __init__(self, peer: str, step: int, checkpoint: str | None):
+  def __init__(self, peer: str, step: int | None, checkpoint: str | None, *,
+               what: str | None = None):
+    what = what or (f'lost {peer} at step {step}' if step is not None
+                    else f'lost {peer} before the first step')
     super().__init__(
-        f'lost {peer} at step {step}; the last good checkpoint is '
+        f'{what}; the last good checkpoint is '
         f'{checkpoint or "none (the run starts over)"}: relaunch the cluster '
         '(the same command) to resume from it')
     self.peer = peer
     self.step = step
+
+  @classmethod
+  def before_forming(cls, peer: str, checkpoint: str | None) -> 'WorkerLost':
+    return cls(peer, None, checkpoint,
+               what=f'the cluster could not form ({peer} is gone)')

@@ -53,32 +53,70 @@ def _logical_cpus(count: int) -> list[str]:
   return devices[:count]
 
 
-# distribution.strategy -> (devices, tpu, gpu) -> the strategy. With 'auto'
-# (create_strategy picks one of these), the one list of the choices:
-# config.validate checks against NAMES.
+def heartbeat_timeout_s(distribution_config, *, gpu: bool) -> float:
+  """distribution.heartbeat_timeout_s, its 0 (auto) made concrete."""
+  return distribution_config.heartbeat_timeout_s or (10.0 if gpu else 30.0)
+
+
+def _multi_worker_strategy(
+    *, heartbeat_s: float,
+    join_s: float) -> tf.distribute.MultiWorkerMirroredStrategy:
+  """MultiWorkerMirroredStrategy of the TF_CONFIG cluster, its coordination
+  service set up as the strategy would, but with our timeouts: heartbeat_s
+  (a worker silent this long is gone) and join_s (all must have joined).
+
+  The strategy has no arguments for them; it configures the service itself
+  only if nothing did before, so this configures it first.
+  """
+  # pylint: disable=g-import-not-at-top
+  from tensorflow.python.distribute import collective_all_reduce_strategy
+  from tensorflow.python.distribute import multi_worker_util
+  from tensorflow.python.eager import context
+  # pylint: enable=g-import-not-at-top
+  resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+  cluster_spec = multi_worker_util.normalize_cluster_spec(
+      resolver.cluster_spec())
+  if cluster_spec.jobs and context.context().coordination_service is None:
+    jobs = collective_all_reduce_strategy.coordination_config_pb2
+    context.context().configure_coordination_service(
+        service_type='standalone',
+        service_leader=multi_worker_util.coordination_leader(cluster_spec),
+        heartbeat_timeout_in_ms=int(heartbeat_s * 1000),
+        cluster_register_timeout_in_ms=int(join_s * 1000),
+        coordinated_jobs=[
+            jobs.CoordinatedJob(name=job,
+                                num_tasks=cluster_spec.num_tasks(job))
+            for job in ('chief', 'worker') if job in cluster_spec.jobs])
+  return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+
+
+# distribution.strategy -> (devices, tpu, gpu, timeouts) -> the strategy.
+# With 'auto' (create_strategy picks one of these), the one list of the
+# choices: config.validate checks against NAMES.
 FACTORIES = {
-    'one_device': lambda devices, tpu, gpu: tf.distribute.OneDeviceStrategy(
-        '/gpu:0' if gpu else '/cpu:0'),
-    'mirrored': lambda devices, tpu, gpu: tf.distribute.MirroredStrategy(
-        devices and list(devices)),
+    'one_device': lambda devices, tpu, gpu, timeouts: (
+        tf.distribute.OneDeviceStrategy('/gpu:0' if gpu else '/cpu:0')),
+    'mirrored': lambda devices, tpu, gpu, timeouts: (
+        tf.distribute.MirroredStrategy(devices and list(devices))),
     # Cluster membership comes from TF_CONFIG, as TensorFlow defines it.
-    'multi_worker_mirrored': lambda devices, tpu, gpu: (
-        tf.distribute.MultiWorkerMirroredStrategy()),
-    'tpu': lambda devices, tpu, gpu: _tpu_strategy(tpu),
+    'multi_worker_mirrored': lambda devices, tpu, gpu, timeouts: (
+        _multi_worker_strategy(**timeouts)),
+    'tpu': lambda devices, tpu, gpu, timeouts: _tpu_strategy(tpu),
 }
 NAMES = ('auto', *FACTORIES)
 
 
 @functools.cache
 def _make_strategy(name: str, *, devices: tuple[str, ...] | None, tpu: str,
-                   gpu: bool) -> tf.distribute.Strategy:
+                   gpu: bool, timeouts: tuple[tuple[str, float], ...]
+                   ) -> tf.distribute.Strategy:
   """One strategy per process and setting, as TensorFlow expects.
 
   A second MirroredStrategy in the same process reuses collective keys of the
   first and fails with "Shape mismatch in the collective instance" (a known
   TF issue); a TPU system and a multi-worker cluster are set up only once.
   """
-  strategy = FACTORIES[name](devices, tpu, gpu)
+  strategy = FACTORIES[name](devices, tpu, gpu, dict(timeouts))
   logging.info('Strategy: %s with %d replicas', type(strategy).__name__,
                strategy.num_replicas_in_sync)
   return strategy
@@ -103,8 +141,11 @@ def create_strategy(distribution_config) -> tf.distribute.Strategy:
 
   devices = tuple(_logical_cpus(cpu_devices)) if (
       name == 'mirrored' and cpu_devices) else None
-  return _make_strategy(name, devices=devices, tpu=distribution_config.tpu,
-                        gpu=bool(gpus))
+  return _make_strategy(
+      name, devices=devices, tpu=distribution_config.tpu, gpu=bool(gpus),
+      timeouts=(('heartbeat_s', heartbeat_timeout_s(distribution_config,
+                                                    gpu=bool(gpus))),
+                ('join_s', distribution_config.join_timeout_s)))
 
 
 def device_kind(strategy: tf.distribute.Strategy) -> str:

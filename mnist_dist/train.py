@@ -119,24 +119,38 @@ def train_and_evaluate(
   """
   config_lib.validate(config)
   workdir_lib.check_usable(workdir)
-  strategy = strategy_lib.create_strategy(config.distribution)
-  with workdir_lib.Lock(workdir, enabled=strategy_lib.is_chief(strategy)):
-    run = build_run(config, workdir, actions=actions)
-    state = resume(run)
-    with (contextlib.closing(run.progress),
-          interrupts.SignalWatch() as signals,
-          cluster.peer_failures(run.strategy, step_of=lambda: state.step,
-                                checkpoint_dir=run.checkpointer.directory),
-          # Last: leaving it waits for a checkpoint still being written,
-          # before a stop says it is saved or a loss names the newest.
-          run.checkpointer):
-      while not state.finished:
-        train_epoch(run, state, signals)
-        record = evaluate(run, state, signals)
-        publish(run, state, record)
-        end_epoch(run, state, signals)
-    finish(run, state)
+  checkpoint_dir = workdir_lib.path(workdir, workdir_lib.CHECKPOINTS)
+  # Around all of it: a lost peer is one line wherever it strikes.
+  with cluster.peer_failures(config.distribution,
+                             checkpoint_dir=checkpoint_dir) as where:
+    with cluster.joining(config.distribution, checkpoint_dir=checkpoint_dir):
+      strategy = strategy_lib.create_strategy(config.distribution)
+    where.formed = True
+    if cluster.topology(strategy).workers > 1:
+      cluster.nothing_to_save_yet()
+    with workdir_lib.Lock(workdir, enabled=strategy_lib.is_chief(strategy)):
+      run = build_run(config, workdir, actions=actions)
+      state = resume(run)
+      where.step_of = lambda: state.step
+      train(run, state)
+      cluster.report_phase('finishing')
+      finish(run, state)
   return TrainResult(model=run.trained.model, metrics=state.records)
+
+
+def train(run: Run, state: TrainState) -> None:
+  """The epochs, from state.step until state.finished, or a stop."""
+  cluster.report_phase('training')
+  with (contextlib.closing(run.progress),
+        interrupts.SignalWatch() as signals,
+        # Last: leaving it waits for a checkpoint still being written,
+        # before a stop says it is saved or a loss names the newest.
+        run.checkpointer):
+    while not state.finished:
+      train_epoch(run, state, signals)
+      record = evaluate(run, state, signals)
+      publish(run, state, record)
+      end_epoch(run, state, signals)
 
 
 def _distribute(strategy, dataset_fn, split, **kwargs):

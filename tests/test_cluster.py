@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -162,8 +163,11 @@ def test_a_cluster_stopped_on_two_workers_finishes_on_one(tmp_path,
 
 @pytest.mark.parametrize('worker', [1, 0], ids=['non-chief', 'chief'])
 def test_a_killed_worker_ends_the_others_with_one_line(tmp_path, worker):
-  launch = Launch(tmp_path, '--grace_s=60',
-                  trainer_flags=['--config.checkpoint.every_steps=8'])
+  # TensorFlow's 10 s heartbeat timeout, not the CPU default of 30 s: a
+  # survivor that notices a loss by the heartbeats does so well within 60 s.
+  launch = Launch(tmp_path, '--grace_s=60', trainer_flags=[
+      '--config.checkpoint.every_steps=8',
+      '--config.distribution.heartbeat_timeout_s=10'])
   pid = launch.pid(worker)
   launch.wait_for(r'^\[worker 0\] .*Saved checkpoint')
   os.kill(pid, signal.SIGKILL)
@@ -250,3 +254,140 @@ def test_two_workers_match_one_process_over_two_devices(tmp_path, mnist_dir):
     (single_record,) = [json.loads(line) for line in f]
   for key in ('train_loss', 'eval_loss', 'eval_accuracy', 'eval_examples'):
     assert cluster_record[key] == pytest.approx(single_record[key], rel=1e-5)
+
+
+class Workers:
+  """Workers started with TF_CONFIG and no launcher, as on N machines: what
+  the survivors of a fault print and exit with is theirs alone."""
+
+  def __init__(self, workdir, count: int, *trainer_flags):
+    addresses = [f'127.0.0.1:{port}' for port in _free_ports(count)]
+    self.processes, self._readers, self.lines = [], [], []
+    for index in range(count):
+      tf_config = json.dumps({'cluster': {'worker': addresses},
+                              'task': {'type': 'worker', 'index': index}})
+      process = subprocess.Popen(
+          [sys.executable, '-m', 'mnist_dist.main', f'--workdir={workdir}',
+           *_RUN, '--config.distribution.strategy=multi_worker_mirrored',
+           *trainer_flags], cwd=ROOT, env=dict(os.environ, TF_CONFIG=tf_config),
+          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      reader = threading.Thread(target=self._read, args=(index, process))
+      reader.start()
+      self.processes.append(process)
+      self._readers.append(reader)
+
+  def _read(self, index, process):
+    for line in process.stdout:
+      self.lines.append(f'[worker {index}] {line}')
+
+  @property
+  def output(self) -> str:
+    return ''.join(self.lines)
+
+  def wait_for(self, pattern: str, timeout: float = 180):
+    deadline = time.monotonic() + timeout
+    while not re.search(pattern, self.output, re.MULTILINE):
+      assert time.monotonic() < deadline, self.output[-3000:]
+      time.sleep(0.02)
+
+  def finish(self, timeout: float = 120) -> list[int]:
+    for process in self.processes:
+      process.wait(timeout=timeout)
+    for reader in self._readers:
+      reader.join()
+    return [process.returncode for process in self.processes]
+
+
+def _free_ports(count: int) -> list[int]:
+  sockets = [socket.socket() for _ in range(count)]
+  for s in sockets:
+    s.bind(('127.0.0.1', 0))
+  ports = [s.getsockname()[1] for s in sockets]
+  for s in sockets:
+    s.close()
+  return ports
+
+
+def _assert_one_line_each(output: str, survivors: list[int], says: str):
+  for worker in survivors:
+    lines = re.findall(rf'^\[worker {worker}\] error: (.*)$', output,
+                       re.MULTILINE)
+    assert len(lines) == 1 and re.match(says, lines[0]), output[-3000:]
+  assert 'Traceback' not in output, output[-3000:]
+  assert not re.search(r'\] [IWE]\d{4} ', output), output[-3000:]  # No C++.
+
+
+def test_a_chief_gone_before_the_cluster_forms_is_one_line(tmp_path):
+  workers = Workers(tmp_path, 3, '--config.distribution.join_timeout_s=10',
+                    '--config.train.global_batch_size=96')
+  workers.processes[0].kill()  # Still importing: it never joins.
+  codes = workers.finish()
+  assert codes[1:] == [errors.EXIT_WORKER_LOST] * 2, workers.output[-3000:]
+  _assert_one_line_each(
+      workers.output, [1, 2],
+      r'the cluster could not form \(worker 0 \(127\.0\.0\.1:\d+\) is gone\); '
+      r'the last good checkpoint is none')
+
+
+def test_a_worker_that_never_joins_ends_the_others_join_with_one_line(
+    tmp_path):
+  # TensorFlow alone would wait an hour, deaf to SIGTERM.
+  workers = Workers(tmp_path, 3, '--config.distribution.join_timeout_s=10',
+                    '--config.train.global_batch_size=96')
+  workers.processes[2].kill()
+  codes = workers.finish()
+  # Killed by the watchdog: a supervisor counts them as lost.
+  assert codes[:2] == [-signal.SIGKILL] * 2, workers.output[-3000:]
+  _assert_one_line_each(
+      workers.output, [0, 1],
+      r'the cluster could not form within 10 s \(distribution.join_timeout_s\)'
+      r': not every worker joined; the last good checkpoint is none')
+
+
+def test_a_worker_lost_while_the_model_is_built_is_one_line(tmp_path):
+  # Killed as the strategy is created: the survivors lose it while building
+  # the model and broadcasting its variables, before the first step.
+  workers = Workers(tmp_path, 3, '--config.distribution.heartbeat_timeout_s=5',
+                    '--config.train.global_batch_size=96')
+  workers.wait_for(r'Strategy: ')
+  workers.processes[2].kill()
+  codes = workers.finish()
+  assert codes[:2] == [errors.EXIT_WORKER_LOST] * 2, workers.output[-3000:]
+  _assert_one_line_each(workers.output, [0, 1],
+                        r'(lost worker \d \(127\.0\.0\.1:\d+\) (before the '
+                        r'first step|at step \d+)|the cluster could not form)')
+
+
+def test_a_loss_at_start_up_ends_the_launch_at_once(tmp_path):
+  launch = Launch(tmp_path)
+  pid = launch.pid(0)
+  time.sleep(2)  # The others are importing TensorFlow, or joining.
+  os.kill(pid, signal.SIGKILL)
+  assert launch.finish(timeout=60) == errors.EXIT_WORKER_LOST, (
+      launch.output[-3000:])
+  output = launch.output
+  assert 'worker 0 was lost: killed by SIGKILL: stopping the cluster' in output
+  # Nothing to save yet: killed at once, not after the 30 s grace period.
+  assert re.search(r'killing workers \[1\] at once \(SIGKILL\): nothing to '
+                   r'save', output), output[-3000:]
+  assert 'after 30 s' not in output and 'Traceback' not in output
+
+
+def test_a_worker_declared_gone_under_load_is_a_loss_the_retry_resumes(
+    tmp_path, uninterrupted):
+  # SIGSTOP: alive, but silent past the heartbeat timeout, as a worker
+  # starved of CPU is. The cluster declares it gone; the launcher relaunches.
+  launch = Launch(tmp_path, '--max_restarts=3', '--grace_s=10', trainer_flags=[
+      '--config.distribution.heartbeat_timeout_s=3',
+      '--config.checkpoint.every_steps=8'])
+  pid = launch.pid(1)
+  launch.wait_for(r'^\[worker 0\] .*Saved checkpoint')
+  os.kill(pid, signal.SIGSTOP)
+  assert launch.finish() == 0, launch.output[-3000:]
+  output = launch.output
+  assert re.search(r'\[worker 0\] error: lost worker 1 \(127\.0\.0\.1:\d+\) '
+                   r'at step \d+; the last good checkpoint is \S+ckpt-\d+',
+                   output), output[-3000:]
+  assert '[launcher] restart 1/3' in output and 'Resuming from' in output
+  assert 'Traceback' not in output
+  _assert_same_run(tmp_path, uninterrupted)

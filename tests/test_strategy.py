@@ -1,8 +1,12 @@
 """Strategy choice and device-dependent defaults, TPU's included, on a CPU."""
 
+import subprocess
+import sys
+
 import pytest
 import tensorflow as tf
 
+from helpers import ROOT
 from helpers import assert_refused
 from helpers import run_main
 from mnist_dist import config as config_lib
@@ -94,3 +98,41 @@ def test_tpu_where_there_is_none_fails_at_once(tmp_path):
                      '--config.distribution.strategy=tpu', timeout=120)
   assert_refused(process, says="error: distribution.strategy=tpu: no TPU "
                  "reachable at distribution.tpu='local'")
+
+
+_COORDINATION = r'''
+import json, socket, sys
+s = socket.socket(); s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
+s.close()
+import os
+os.environ['TF_CONFIG'] = json.dumps({
+    'cluster': {'worker': [f'127.0.0.1:{port}']},
+    'task': {'type': 'worker', 'index': 0}})
+from tensorflow.python.eager import context
+from mnist_dist import config as config_lib
+from mnist_dist import strategy as strategy_lib
+distribution = config_lib.default_config().distribution
+distribution.strategy = 'multi_worker_mirrored'
+distribution.heartbeat_timeout_s, distribution.join_timeout_s = (
+    float(sys.argv[1]), float(sys.argv[2]))
+strategy_lib.create_strategy(distribution)
+service = context.context().coordination_service
+print(service.heartbeat_timeout_in_ms, service.cluster_register_timeout_in_ms,
+      service.service_leader)
+'''
+
+
+@pytest.mark.parametrize('heartbeat_s, join_s, expected', [
+    (7, 9, '7000 9000'),
+    (0, 600, '30000 600000'),  # auto on a CPU-only host.
+])
+def test_the_cluster_timeouts_reach_the_coordination_service(
+    heartbeat_s, join_s, expected):
+  # A cluster of one worker, in a process of its own (one cluster a process).
+  result = subprocess.run(
+      [sys.executable, '-c', _COORDINATION, str(heartbeat_s), str(join_s)],
+      cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  heartbeat_ms, join_ms, leader = result.stdout.split()
+  assert f'{heartbeat_ms} {join_ms}' == expected
+  assert leader == '/job:worker/replica:0/task:0'
