@@ -34,9 +34,9 @@ from mnist_dist import idx
 from mnist_dist.errors import ConfigError
 from mnist_dist.errors import DataError
 
-# Without the autotuner (`_without_autotune`), AUTOTUNE keeps tf.data's own
-# defaults: a map runs as many calls at once as there are cores, a prefetch
-# buffer grows while its consumer waits.
+# Without the autotuner (`_without_autotune`), AUTOTUNE stands for tf.data's
+# fixed defaults instead of tuned values: measured, the same speed
+# (docs/performance.md, the end of a run).
 AUTOTUNE = tf.data.AUTOTUNE
 
 
