@@ -12,6 +12,7 @@ imported.
 
 import contextlib
 import importlib
+import importlib.abc
 import logging
 import os
 import re
@@ -105,12 +106,48 @@ def _cpp_lines_hidden(level: int):
     os.waitpid(pid, 0)
 
 
+# What Keras imports as it loads, if installed, for what no run of ours calls:
+# matplotlib for `keras.visualization`, IPython for its file editor's notebook
+# view, PIL for `keras.utils.load_img`. About 0.2-0.3 s of start-up; the plots
+# and the image reading import them when they run (each `try: import`, so
+# Keras only loses those functions, in this process).
+_KERAS_EXTRAS = frozenset({'matplotlib', 'IPython', 'PIL'})
+
+
+class _Refuse(importlib.abc.MetaPathFinder):
+  """An import finder that makes some packages look absent."""
+
+  def __init__(self, packages: frozenset[str]):
+    self._packages = packages
+
+  def find_spec(self, name, path=None, target=None):
+    del path, target
+    if name.partition('.')[0] in self._packages:
+      raise ModuleNotFoundError(f'{name}: not imported while TensorFlow '
+                                'loads', name=name)
+    return None
+
+
+@contextlib.contextmanager
+def _absent(packages: frozenset[str]):
+  """Meanwhile, importing one of packages (not yet imported) fails."""
+  finder = _Refuse(packages - {name.partition('.')[0]
+                               for name in sys.modules})
+  sys.meta_path.insert(0, finder)
+  try:
+    yield
+  finally:
+    sys.meta_path.remove(finder)
+
+
 def import_tensorflow(argv: list[str]) -> None:
-  """Imports TensorFlow with its C++ log level set and its loading notices
-  hidden (unless --tf_logs is in argv)."""
+  """Imports TensorFlow and Keras with TensorFlow's C++ log level set and its
+  loading notices hidden (unless --tf_logs is in argv), and without Keras's
+  extras (`_KERAS_EXTRAS`)."""
   with _cpp_lines_hidden(0 if 'tensorflow' in sys.modules
-                         else _cpp_log_level(argv)):
+                         else _cpp_log_level(argv)), _absent(_KERAS_EXTRAS):
     importlib.import_module('tensorflow')
+    importlib.import_module('keras')
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))

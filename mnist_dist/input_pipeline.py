@@ -12,14 +12,21 @@ Images stay uint8 until the model's first layer scales them on the device:
 four times less host memory and host-to-device traffic than float32.
 
 Augmentation (`augment`, off by default) keeps to the same rule.
+
+No iterator here runs tf.data's autotuner (`distributed_iterator`): its
+thread can make dropping an iterator, at the end of a run, wait up to a
+minute.
 """
 
+import contextlib
 import dataclasses
 import functools
 import math
 
 import numpy as np
 import tensorflow as tf
+# Private, but the one place tf.distribute builds its per-device datasets.
+from tensorflow.python.data.ops import multi_device_iterator_ops
 
 from mnist_dist import augment
 from mnist_dist import downloads
@@ -27,6 +34,9 @@ from mnist_dist import idx
 from mnist_dist.errors import ConfigError
 from mnist_dist.errors import DataError
 
+# Without the autotuner (`_without_autotune`), AUTOTUNE stands for tf.data's
+# fixed defaults instead of tuned values: measured, the same speed
+# (docs/performance.md, the end of a run).
 AUTOTUNE = tf.data.AUTOTUNE
 
 
@@ -213,9 +223,10 @@ def train_dataset(ctx: tf.distribute.InputContext, split: Split, *,
              .enumerate(start=start_step)
              .map(replica_batches)
              .unbatch())
-  return (batches
-          .map(examples, num_parallel_calls=AUTOTUNE, deterministic=True)
-          .prefetch(AUTOTUNE))
+  return _without_autotune(
+      batches
+      .map(examples, num_parallel_calls=AUTOTUNE, deterministic=True)
+      .prefetch(AUTOTUNE))
 
 
 def eval_steps(num_examples: int, global_batch_size: int) -> int:
@@ -239,9 +250,57 @@ def eval_dataset(ctx: tf.distribute.InputContext, split: Split, *,
   shape = [steps * local_replicas, per_replica]
   images = tf.constant(split.images)
   labels = tf.constant(split.labels, tf.int32)
-  return (tf.data.Dataset.from_tensor_slices(
-      (indices.reshape(shape), weights.reshape(shape)))
-          .map(lambda i, w: (tf.gather(images, i), tf.gather(labels, i), w))
-          .cache()
-          .repeat()
-          .prefetch(AUTOTUNE))
+  return _without_autotune(
+      tf.data.Dataset.from_tensor_slices(
+          (indices.reshape(shape), weights.reshape(shape)))
+      .map(lambda i, w: (tf.gather(images, i), tf.gather(labels, i), w))
+      .cache()
+      .repeat()
+      .prefetch(AUTOTUNE))
+
+
+def _without_autotune(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  """dataset, its iterators without the autotuner's thread.
+
+  That thread sleeps between its rounds, twice as long after each one, up to
+  60 s. Dropping an iterator cancels it, but TensorFlow (2.21 at least) wakes
+  it before marking the cancellation done (tsl's `StartCancelWithStatus`
+  runs the callbacks first), so it can miss it and sleep on while the
+  iterator's destructor waits for it, holding the GIL. That is what kept a
+  finished run alive 25 to 100 s: each iterator of the run's input waiting
+  out its autotuner's sleep in turn, nothing running meanwhile.
+  """
+  options = tf.data.Options()
+  options.autotune.enabled = False
+  return dataset.with_options(options)
+
+
+@contextlib.contextmanager
+def _device_datasets_without_autotune():
+  """tf.distribute's per-device datasets, made meanwhile, without autotuner.
+
+  Its iterators put each pipeline's batches on the devices through datasets
+  of their own, which `with_options` on ours does not reach; their
+  autotuners hold up the drop of the run's input as ours do.
+  """
+  # pylint: disable=protected-access
+  make = multi_device_iterator_ops._create_device_dataset
+  multi_device_iterator_ops._create_device_dataset = (
+      lambda *args, **kwargs: _without_autotune(make(*args, **kwargs)))
+  try:
+    yield
+  finally:
+    multi_device_iterator_ops._create_device_dataset = make
+
+
+def distributed_iterator(strategy: tf.distribute.Strategy, dataset_fn, *,
+                         split: Split, **kwargs):
+  """An iterator of strategy over dataset_fn(ctx, split=split, **kwargs), one
+  pipeline a worker (`train_dataset`, `eval_dataset`).
+
+  No tf.data iterator inside it runs the autotuner, so that dropping it, when
+  the run is done, returns at once (`_without_autotune`).
+  """
+  with _device_datasets_without_autotune():
+    return iter(strategy.distribute_datasets_from_function(
+        functools.partial(dataset_fn, split=split, **kwargs)))

@@ -3,31 +3,43 @@
 The order matters where one output reads another's file: the tuning
 service reports what metrics.jsonl holds, and the LiteRT models and the
 plots read the SavedModel. Actions a caller adds run after these.
+
+An output's module is imported only when the config asks for it, so that a
+run carries only what it uses: LiteRT's interpreter comes with `litert`,
+matplotlib with `plots`.
 """
 
 from mnist_dist import actions
-from mnist_dist import export
-from mnist_dist import litert
 from mnist_dist import metrics_file
-from mnist_dist import plots
 from mnist_dist import profiling
-from mnist_dist import summaries
 from mnist_dist import tuning
+
+
+def _optional(outputs_config) -> list[actions.Action]:
+  """The actions of the outputs that can be off, each module imported only
+  if its output is on."""
+  chosen = []
+  if outputs_config.tensorboard:
+    from mnist_dist import summaries
+    chosen.append(summaries.TensorBoard())
+  if outputs_config.saved_model:
+    from mnist_dist import export
+    chosen.append(export.SavedModel())
+  if outputs_config.litert or outputs_config.litert_int8:
+    from mnist_dist import litert
+    chosen += [litert.LiteRT(quantize=quantize) for quantize, on in (
+        ('none', outputs_config.litert),
+        ('int8', outputs_config.litert_int8)) if on]
+  if outputs_config.plots:
+    from mnist_dist import plots
+    chosen.append(plots.Plots())
+  return chosen
 
 
 def from_config(outputs_config) -> list[actions.Action]:
   """The actions of config.outputs; metrics.jsonl is always written."""
-  chosen = [metrics_file.MetricsFile(), tuning.TuningService()]
-  if outputs_config.tensorboard:
-    chosen.append(summaries.TensorBoard())
-  if outputs_config.saved_model:
-    chosen.append(export.SavedModel())
-  if outputs_config.litert:
-    chosen.append(litert.LiteRT(quantize='none'))
-  if outputs_config.litert_int8:
-    chosen.append(litert.LiteRT(quantize='int8'))
-  if outputs_config.plots:
-    chosen.append(plots.Plots())
+  chosen = [metrics_file.MetricsFile(), tuning.TuningService(),
+            *_optional(outputs_config)]
   steps = profiling.parse_steps(outputs_config.profile_steps)
   if steps:
     chosen.append(profiling.Profile(first=steps[0], last=steps[1]))

@@ -22,7 +22,7 @@ The rows, what each proves and why its tolerance (figures measured on a
 2-core CPU split into 2 logical devices, float32):
 
 - same_global_batches: every topology sees the same global batches. The
-  trainer's distributed input (`distribute_datasets_from_function`: each
+  trainer's distributed input (`input_pipeline.distributed_iterator`: each
   pipeline reads its replicas' slice) is put back together in replica order
   and compared with the one-replica input, image for image, over batches
   that straddle epoch boundaries, with augmentation on (it must follow the
@@ -103,7 +103,6 @@ failed; 2 bad flags or a machine it cannot run on (one `error:` line).
 
 import argparse
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -280,10 +279,10 @@ def _distributed_input(strategy, split, *, global_batch: int, seed: int,
                        augment_config=None):
   """The trainer's input: one pipeline per worker, each reading only its
   replicas' slice of every global batch."""
-  return iter(strategy.distribute_datasets_from_function(functools.partial(
-      input_pipeline.train_dataset, split=split,
+  return input_pipeline.distributed_iterator(
+      strategy, input_pipeline.train_dataset, split=split,
       global_batch_size=global_batch, seed=seed,
-      augment_config=augment_config)))
+      augment_config=augment_config)
 
 
 def _same_batches(strategy, split, *, global_batch: int, num_steps: int):
@@ -507,9 +506,9 @@ def exact_eval(machine: Machine, sizes: Sizes) -> Measured:
   trained = _build(_config({'model.name': 'dense_softmax'}), machine.strategy,
                    precision=machine.precision)
   _eval_logits_kernel(trained.model)
-  iterator = iter(machine.strategy.distribute_datasets_from_function(
-      functools.partial(input_pipeline.eval_dataset, split=split,
-                        global_batch_size=eval_batch)))
+  iterator = input_pipeline.distributed_iterator(
+      machine.strategy, input_pipeline.eval_dataset, split=split,
+      global_batch_size=eval_batch)
   loop = steps.make_eval_loop(
       strategy=machine.strategy,
       eval_step=steps.make_eval_step(model=trained.model),

@@ -22,7 +22,6 @@ them at fixed points and knows none of them by name.
 
 import contextlib
 import dataclasses
-import functools
 import math
 import time
 from typing import Callable, Sequence
@@ -153,15 +152,11 @@ def train(run: Run, state: TrainState) -> None:
       end_epoch(run, state, signals)
 
 
-def _distribute(strategy, dataset_fn, split, **kwargs):
-  return iter(strategy.distribute_datasets_from_function(
-      functools.partial(dataset_fn, split=split, **kwargs)))
-
-
 def _evaluator(strategy, trained: trainable.Model, split, *, eval_batch: int):
   """evaluate(signals) -> Totals over all of split."""
-  iterator = _distribute(strategy, input_pipeline.eval_dataset, split,
-                         global_batch_size=eval_batch)
+  iterator = input_pipeline.distributed_iterator(
+      strategy, input_pipeline.eval_dataset, split=split,
+      global_batch_size=eval_batch)
   loop = steps.make_eval_loop(
       strategy=strategy, eval_step=steps.make_eval_step(model=trained.model),
       num_steps=input_pipeline.eval_steps(len(split), eval_batch))
@@ -273,8 +268,8 @@ def resume(run: Run) -> TrainState:
   return TrainState(
       step=step, last_saved=step, first_step=step,
       finished=reached or step >= run.total_steps,
-      train_iterator=_distribute(
-          run.strategy, input_pipeline.train_dataset, run.splits['train'],
+      train_iterator=input_pipeline.distributed_iterator(
+          run.strategy, input_pipeline.train_dataset, split=run.splits['train'],
           global_batch_size=run.config.train.global_batch_size,
           seed=run.config.seed, start_step=step,
           augment_config=run.config.data.augment))
