@@ -17,7 +17,8 @@ def summarize(times: list[float | None]) -> dict:
 
   {'failed': how many missed} if any did; else {'mean_s': the mean without
   the fastest and the slowest run (of all runs, with fewer than
-  DROP_EXTREMES_FROM), 'spread_s': max - min of those, 'kept': their count}.
+  DROP_EXTREMES_FROM), 'spread_s': max - min of those, 'kept': their count,
+  'median_s': the median of all runs}.
   """
   missed = sum(t is None for t in times)
   if missed:
@@ -26,7 +27,8 @@ def summarize(times: list[float | None]) -> dict:
   if len(kept) >= DROP_EXTREMES_FROM:
     kept = kept[1:-1]
   return {'mean_s': round(statistics.mean(kept), 1),
-          'spread_s': round(max(kept) - min(kept), 1), 'kept': len(kept)}
+          'spread_s': round(max(kept) - min(kept), 1), 'kept': len(kept),
+          'median_s': round(statistics.median(times), 1)}
 
 
 def describe(result: dict, *, runs: int) -> str:
@@ -34,4 +36,4 @@ def describe(result: dict, *, runs: int) -> str:
   if 'failed' in result:
     return f'failed: {result["failed"]} of {runs} runs missed the target'
   return (f'{result["mean_s"]} s (mean of {result["kept"]} of {runs}, '
-          f'spread {result["spread_s"]} s)')
+          f'spread {result["spread_s"]} s; median {result["median_s"]} s)')

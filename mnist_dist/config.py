@@ -133,6 +133,10 @@ def default_config() -> ml_collections.ConfigDict:
   config.optimizer.staircase = True
   # For cosine (fractions allowed).
   config.optimizer.warmup_epochs = 0.0
+  # For adam: the decay rates of its gradient's mean and of its square
+  # (Keras' defaults; the GPU record recipe's are 0.7 and 0.9).
+  config.optimizer.beta_1 = 0.9
+  config.optimizer.beta_2 = 0.999
 
   # What the chief leaves in the workdir besides metrics.jsonl and checkpoints.
   config.outputs = ml_collections.ConfigDict()
@@ -257,6 +261,13 @@ def _check_training_and_outputs(config) -> None:
   elif config.optimizer.warmup_epochs:
     raise ConfigError('optimizer.warmup_epochs is for optimizer.schedule='
                       'cosine')
+  for name in ('beta_1', 'beta_2'):
+    if not 0 <= config.optimizer[name] < 1:
+      raise ConfigError(f'optimizer.{name}={config.optimizer[name]} must be '
+                        'in [0, 1)')
+  if config.optimizer.name != 'adam' and (
+      config.optimizer.beta_1, config.optimizer.beta_2) != (0.9, 0.999):
+    raise ConfigError('optimizer.beta_1 and beta_2 are for optimizer.name=adam')
   if (not isinstance(config.train.accumulation_steps, int) or
       config.train.accumulation_steps < 1):
     raise ConfigError(f'train.accumulation_steps='

@@ -23,14 +23,42 @@ from mnist_dist import workdir as workdir_lib
 SIGNATURE = 'serving_default'
 
 
+def _float32_policies(config):
+  """A Keras config with every mixed-precision dtype policy made float32."""
+  if isinstance(config, list):
+    return [_float32_policies(value) for value in config]
+  if not isinstance(config, dict):
+    return config
+  if (config.get('class_name') == 'DTypePolicy' and
+      config['config']['name'].startswith('mixed_')):
+    return {**config, 'config': {**config['config'], 'name': 'float32'}}
+  return {key: _float32_policies(value) for key, value in config.items()}
+
+
+def _computing_in_float32(model: keras.Model) -> keras.Model:
+  """model, or for one trained in mixed precision its float32 twin.
+
+  LiteRT's converter has no bfloat16 kernels, and a CPU without bfloat16
+  units runs float32 faster. Nothing is lost: mixed precision keeps the
+  variables in float32, and the twin gets them as they are.
+  """
+  if not model.dtype_policy.name.startswith('mixed_'):
+    return model
+  twin = model.__class__.from_config(_float32_policies(model.get_config()))
+  twin.set_weights(model.get_weights())
+  return twin
+
+
 def export_saved_model(model: keras.Model, export_dir: str) -> None:
   """Writes model, softmax and argmax included, as a SavedModel to export_dir.
 
   Args:
     model: a model of `models.create_model` (uint8 images in, logits out),
-      trained under any strategy: only the variables' values are saved.
+      trained under any strategy: only the variables' values are saved. In
+      mixed precision, it is saved computing in float32.
     export_dir: the SavedModel's folder (local or gs://).
   """
+  model = _computing_in_float32(model)
 
   def serve(images):
     # Dropout off, batch norm frozen; float32 whatever the model computes in.

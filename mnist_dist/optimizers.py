@@ -60,7 +60,11 @@ def create_optimizer(optimizer_config, *, steps_per_epoch: int, epochs: int,
   schedule = learning_rate_schedule(optimizer_config,
                                     steps_per_epoch=steps_per_epoch,
                                     epochs=epochs)
-  optimizer = OPTIMIZERS[optimizer_config.name](learning_rate=schedule)
+  betas = ({'beta_1': optimizer_config.beta_1,
+            'beta_2': optimizer_config.beta_2}
+           if optimizer_config.name == 'adam' else {})
+  optimizer = OPTIMIZERS[optimizer_config.name](learning_rate=schedule,
+                                                **betas)
   if precision == 'mixed_float16':
     # float16 gradients underflow without a dynamic loss scale; skipping
     # non-finite steps is part of what it does.

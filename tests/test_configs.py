@@ -77,6 +77,8 @@ def test_logits_stay_float32_under_mixed_precision():
     ('train.ema_decay', 1.0, 'train.ema_decay=1.0 must be in'),
     ('optimizer.schedule', 'step', "optimizer.schedule='step' is not one of"),
     ('optimizer.warmup_epochs', 1.0, 'is for optimizer.schedule=cosine'),
+    ('optimizer.beta_1', 1.0, 'optimizer.beta_1=1.0 must be in'),
+    ('optimizer.beta_2', -0.1, 'optimizer.beta_2=-0.1 must be in'),
     ('outputs.saved_model', False, 'need outputs.saved_model=True'),
 ])
 def test_bad_values_are_refused_by_name(key, value, message):
@@ -134,17 +136,27 @@ def test_run_checks(replicas, steps_per_epoch, message):
 def test_fast_config_is_chosen_on_a_validation_split():
   config = load_config('fast')
   config_lib.validate(config)
-  assert config.model.name == 'conv_bn' and config.train.epochs == 1
+  assert config.model.name == 'conv_pool' and config.train.epochs == 1
   assert config.data.validation_split == 5000
-  assert not config.optimizer.staircase
+  # The record recipe's Adam and one cycle (a warm-up, then the cosine).
+  assert (config.optimizer.beta_1, config.optimizer.beta_2) == (0.7, 0.9)
+  assert config.optimizer.schedule == 'cosine'
+  assert config.optimizer.warmup_epochs == 0.3
 
 
 def test_fast_995_config_is_chosen_on_a_validation_split():
   config = load_config('fast_995')
   config_lib.validate(config)
-  assert config.model.name == 'conv_bn' and config.train.epochs == 4
+  assert config.model.name == 'conv_pool' and config.train.epochs == 8
   assert config.data.validation_split == 5000
   assert config.train.precision == 'mixed_bfloat16'
+
+
+def test_adam_betas_are_refused_for_sgd():
+  config = load_config('dense_softmax')  # SGD.
+  config.optimizer.beta_1 = 0.7
+  with pytest.raises(errors.ConfigError, match='are for optimizer.name=adam'):
+    config_lib.validate(config)
 
 
 def test_width_is_only_for_the_conv_models():

@@ -117,3 +117,23 @@ def test_exporting_leaves_absl_logging_as_it_was(tmp_path):
   level = absl_logging.get_absl_logger().level
   export.export_saved_model(_trained_looking_model(0), str(tmp_path))
   assert absl_logging.get_absl_logger().level == level
+
+
+def test_a_mixed_precision_model_is_exported_computing_in_float32(tmp_path):
+  # LiteRT cannot convert bfloat16 ops; the variables are float32 already.
+  config = small_config()
+  config.model.name = 'conv_pool'
+  keras.mixed_precision.set_global_policy('mixed_bfloat16')
+  try:
+    mixed = models.create_model(config.model)
+  finally:
+    keras.mixed_precision.set_global_policy('float32')
+  plain = models.create_model(config.model)
+  plain.set_weights(mixed.get_weights())
+  export.export_saved_model(mixed, str(tmp_path))
+  images = np.random.default_rng(2).integers(0, 256, (9, 28, 28), np.uint8)
+  probabilities, _ = export.load_predict_fn(str(tmp_path))(images)
+  np.testing.assert_allclose(
+      probabilities, tf.nn.softmax(plain(images, training=False)).numpy(),
+      rtol=1e-5, atol=1e-7)
+  assert mixed.dtype_policy.name == 'mixed_bfloat16'  # The model unchanged.

@@ -54,3 +54,13 @@ def test_every_optimizer_name_builds_its_class(name):
       skip_nonfinite=False)
   assert isinstance(optimizer, optimizers.OPTIMIZERS[name])
   assert float(optimizer.learning_rate) == pytest.approx(0.01)
+
+
+def test_adam_takes_the_configs_betas():
+  # The GPU record recipe's (0.7, 0.9): configs/fast.py's.
+  config = config_lib.default_config()
+  config.optimizer.beta_1, config.optimizer.beta_2 = 0.7, 0.9
+  optimizer = optimizers.create_optimizer(
+      config.optimizer, steps_per_epoch=100, epochs=1, precision='float32',
+      skip_nonfinite=False)
+  assert (optimizer.beta_1, optimizer.beta_2) == (0.7, 0.9)
