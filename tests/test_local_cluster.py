@@ -93,6 +93,12 @@ _CLUSTER = {'worker': ['127.0.0.1:1000', '127.0.0.1:1001', '127.0.0.1:1002']}
 def test_the_lost_worker_is_named_not_the_survivors_own_device():
   assert cluster._peer_name(_BROADCAST_ERROR, _CLUSTER,
                             own=('worker', 1)) == 'worker 2 (127.0.0.1:1002)'
+  # The task the health check names wins over a peer merely mentioned first.
+  assert cluster._peer_name(
+      'from remote target /job:worker/replica:0/task:0 while calling '
+      'CompleteGroup: The following tasks are unhealthy (stopped sending '
+      'heartbeats):\n/job:worker/replica:0/task:2', _CLUSTER,
+      own=('worker', 1)) == 'worker 2 (127.0.0.1:1002)'
   assert cluster._peer_name('Socket closed to 127.0.0.1:1000', _CLUSTER,
                             own=('worker', 1)) == 'worker 0 (127.0.0.1:1000)'
   assert cluster._peer_name('no task', _CLUSTER, own=None) == 'a worker'
