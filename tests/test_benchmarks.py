@@ -267,3 +267,26 @@ def test_the_record_recipe_reads_normalises_and_trains_one_cycle(
   assert 'Tried to step' in result['step_past_the_end']
   assert result['betas'] == [0.7, 0.9]
   assert 0 <= result['accuracy'] <= 1
+
+
+def test_ab_wins_only_in_every_round():
+  from benchmarks import ab  # pylint: disable=g-import-not-at-top
+  assert ab.verdict([1.2, 1.1, 1.3]).endswith('B faster in 3 of 3 rounds: '
+                                              'B wins')
+  assert ab.verdict([1.5, 0.99, 1.4]).endswith('2 of 3 rounds: no win')
+  assert ab.verdict([0.5, 1.0, 2.0]).startswith(
+      'B/A 0.50x to 2.00x (median 1.00x)')
+
+
+def test_ab_times_both_loops_alternately_in_one_process():
+  result = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.ab', '--a=configs/dense.py',
+       '--a.data.source=synthetic', '--b=configs/dense.py',
+       '--b.data.source=synthetic', '--b.train.global_batch_size=32',
+       '--rounds=2', '--steps=5'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [line for line in result.stdout.splitlines()
+          if line.startswith(('| 1 ', '| 2 '))]
+  assert len(rows) == 2, result.stdout
+  assert 'of 2 rounds:' in result.stdout.splitlines()[-1]
