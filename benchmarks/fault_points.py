@@ -14,11 +14,11 @@ Tracebacks and TensorFlow C++ lines, if any, are counted.
 """
 
 import dataclasses
-import json
+import functools
+import importlib.util
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +29,8 @@ from absl import app
 from absl import flags
 
 from benchmarks.runner import ROOT
+
+LAUNCHER = os.path.join(ROOT, 'launch', 'local_cluster.py')
 
 _DIRECT = flags.DEFINE_bool('direct', False, 'Start the workers with '
                             'TF_CONFIG and no launcher.')
@@ -66,14 +68,14 @@ POINTS = (
 )
 
 
-def _free_ports(count: int) -> list[int]:
-  sockets = [socket.socket() for _ in range(count)]
-  for s in sockets:
-    s.bind(('127.0.0.1', 0))
-  ports = [s.getsockname()[1] for s in sockets]
-  for s in sockets:
-    s.close()
-  return ports
+@functools.cache
+def _launcher():
+  """launch/local_cluster.py as a module, once (it defines absl flags): its
+  free ports and TF_CONFIG."""
+  spec = importlib.util.spec_from_file_location('local_cluster', LAUNCHER)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 class Output:
@@ -104,20 +106,19 @@ def _start(workdir: str, *, direct: bool, output: Output):
   trainer = [f'--workdir={workdir}', *_TRAINER]
   if not direct:
     launcher = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, 'launch', 'local_cluster.py'),
-         '--workers=3', '--', *trainer], cwd=ROOT, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
+        [sys.executable, LAUNCHER, '--workers=3', '--', *trainer], cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output.read(launcher.stdout)
     while len(re.findall(r'\[launcher\] worker \d: pid', output.text)) < 3:
       time.sleep(0.01)
     pids = [int(p) for p in re.findall(r'\[launcher\] worker \d: pid (\d+)',
                                        output.text)]
     return [launcher], pids
-  addresses = [f'127.0.0.1:{port}' for port in _free_ports(3)]
+  local_cluster = _launcher()
+  addresses = [f'127.0.0.1:{port}' for port in local_cluster.free_ports(3)]
   processes = []
   for index in range(3):
-    tf_config = json.dumps({'cluster': {'worker': addresses},
-                            'task': {'type': 'worker', 'index': index}})
+    tf_config = local_cluster.tf_config(addresses, index)
     process = subprocess.Popen(
         [sys.executable, '-m', 'mnist_dist.main', *trainer,
          '--config.distribution.strategy=multi_worker_mirrored',

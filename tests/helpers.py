@@ -1,6 +1,7 @@
 """Helpers the tests share: small configs, runs of the entry point, IDX files
 and checkpoint contents. Fixtures are in conftest.py."""
 
+import functools
 import gzip
 import importlib.util
 import json
@@ -90,13 +91,22 @@ def assert_refused(process, *, code: int = 2, says: str) -> str:
   return errors[0]
 
 
-def load_config(name: str):
-  """get_config() of configs/NAME.py, loaded from its file as main does."""
-  path = os.path.join(ROOT, 'configs', name + '.py')
+def _load_file(name: str, path: str):
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module
+
+
+def load_config(name: str):
+  """get_config() of configs/NAME.py, loaded from its file as main does."""
+  return _load_file(name, os.path.join(ROOT, 'configs', name + '.py')).get_config()
+
+
+@functools.cache
+def launch_script(name: str):
+  """launch/NAME.py as a module, loaded once (it defines absl flags)."""
+  return _load_file(name, os.path.join(ROOT, 'launch', name + '.py'))
 
 
 def write_idx(path, array, magic, *, compress=False, cut=0):

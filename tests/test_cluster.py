@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ import tensorflow as tf
 from helpers import ROOT
 from helpers import checkpoint_variables
 from helpers import finished_state
+from helpers import launch_script
 from helpers import run_main
 from mnist_dist import errors
 
@@ -261,11 +261,12 @@ class Workers:
   the survivors of a fault print and exit with is theirs alone."""
 
   def __init__(self, workdir, count: int, *trainer_flags):
-    addresses = [f'127.0.0.1:{port}' for port in _free_ports(count)]
+    local_cluster = launch_script('local_cluster')
+    addresses = [f'127.0.0.1:{port}'
+                 for port in local_cluster.free_ports(count)]
     self.processes, self._readers, self.lines = [], [], []
     for index in range(count):
-      tf_config = json.dumps({'cluster': {'worker': addresses},
-                              'task': {'type': 'worker', 'index': index}})
+      tf_config = local_cluster.tf_config(addresses, index)
       process = subprocess.Popen(
           [sys.executable, '-m', 'mnist_dist.main', f'--workdir={workdir}',
            *_RUN, '--config.distribution.strategy=multi_worker_mirrored',
@@ -296,16 +297,6 @@ class Workers:
     for reader in self._readers:
       reader.join()
     return [process.returncode for process in self.processes]
-
-
-def _free_ports(count: int) -> list[int]:
-  sockets = [socket.socket() for _ in range(count)]
-  for s in sockets:
-    s.bind(('127.0.0.1', 0))
-  ports = [s.getsockname()[1] for s in sockets]
-  for s in sockets:
-    s.close()
-  return ports
 
 
 def _assert_one_line_each(output: str, survivors: list[int], says: str):

@@ -2,30 +2,20 @@
 what the outcome of a launch is, from why its workers ended; which faults a
 seed deals. (tests/test_cluster.py and test_chaos.py run real clusters.)"""
 
-import importlib.util
-import os
 import signal
 
 from absl import flags
 import pytest
 
-from helpers import ROOT
+from helpers import launch_script
 from mnist_dist import cluster
 from mnist_dist import errors
 
 
-def _load(name):
-  spec = importlib.util.spec_from_file_location(
-      name, os.path.join(ROOT, 'launch', f'{name}.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-local_cluster = _load('local_cluster')
+local_cluster = launch_script('local_cluster')
 for _name in ('workers', 'max_restarts'):  # Both scripts define them.
   delattr(flags.FLAGS, _name)
-chaos = _load('chaos')
+chaos = launch_script('chaos')
 Ending = local_cluster.Ending
 KILLED = -signal.SIGKILL
 TERMINATED = -signal.SIGTERM
