@@ -19,6 +19,7 @@ import time
 from absl import flags
 import tensorflow as tf
 
+from mnist_dist import hardware
 from mnist_dist import metrics_file
 from mnist_dist import workdir as workdir_lib
 
@@ -123,30 +124,10 @@ def loop_end_times(workdir: str) -> list[float]:
   return [times[step] for step in sorted(times)]
 
 
-# CPU features that decide the bfloat16 rate: AVX512_BF16 converts and
-# multiplies bfloat16 in vector registers; AMX multiplies bfloat16 tiles,
-# several times the float32 rate.
-_BF16_FEATURES = ('avx512_bf16', 'amx_bf16')
-
-
-def _cpuinfo() -> tuple[str, list[str]]:
-  """(model name, the _BF16_FEATURES it has) from /proc/cpuinfo (Linux)."""
-  try:
-    with open('/proc/cpuinfo') as f:
-      lines = f.read().splitlines()
-  except OSError:
-    return platform.processor() or platform.machine(), []
-  fields = dict(line.split(':', 1) for line in lines if ':' in line)
-  fields = {key.strip(): value.strip() for key, value in fields.items()}
-  features = fields.get('flags', '').split()
-  return (fields.get('model name', platform.machine()),
-          [name for name in _BF16_FEATURES if name in features])
-
-
 def machine() -> dict:
   """What the numbers were measured on: the same VM can land on another CPU
   from one day to the next."""
-  model, bf16_features = _cpuinfo()
+  model, bf16_features = hardware.cpu()
   return {'cpus': os.cpu_count(), 'processor': model,
           'bf16_features': bf16_features,
           'python': platform.python_version()}

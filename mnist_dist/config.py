@@ -22,7 +22,8 @@ from mnist_dist import profiling
 from mnist_dist import strategy
 from mnist_dist.errors import ConfigError
 
-PRECISIONS = ('auto', 'float32', 'mixed_bfloat16', 'mixed_float16')
+PRECISIONS = ('auto', 'float32', 'mixed_bfloat16', 'mixed_float16',
+              'mixed_bfloat16_if_native')
 NONFINITE_LOSS = ('stop', 'skip')
 JIT_COMPILE = ('auto', 'on', 'off')
 
@@ -88,7 +89,10 @@ def default_config() -> ml_collections.ConfigDict:
   config.train.steps_per_loop = 0
   # Rounded up to a multiple of the replica count; padding is masked out.
   config.train.eval_batch_size = 1000
-  # auto: mixed_bfloat16 on TPU, float32 elsewhere.
+  # auto: mixed_bfloat16 on TPU, float32 elsewhere. mixed_bfloat16_if_native:
+  # mixed_bfloat16 where the device multiplies bfloat16 natively (a TPU, a GPU
+  # of compute capability 8.0+, a CPU with AVX512_BF16 or AMX), float32
+  # elsewhere (mnist_dist/hardware.py).
   config.train.precision = 'auto'
   # XLA on the per-replica step: auto = on for TPU and GPU, off for CPU.
   config.train.jit_compile = 'auto'

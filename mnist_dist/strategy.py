@@ -13,6 +13,7 @@ import os
 from absl import logging
 import tensorflow as tf
 
+from mnist_dist import hardware
 from mnist_dist.errors import ConfigError
 
 
@@ -181,6 +182,9 @@ def device_settings(train_config, *, device_kind: str,
   if precision == 'auto':
     # TPUs compute in bfloat16 natively; elsewhere the codelab's float32.
     precision = 'mixed_bfloat16' if device_kind == 'TPU' else 'float32'
+  elif precision == 'mixed_bfloat16_if_native':
+    precision = ('mixed_bfloat16' if hardware.native_bfloat16(device_kind)
+                 else 'float32')
   if train_config.jit_compile == 'auto':
     # Measured here: XLA made the conv_bn step on CPU ~3x slower.
     jit_compile = device_kind == 'GPU'

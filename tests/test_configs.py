@@ -149,7 +149,7 @@ def test_fast_995_config_is_chosen_on_a_validation_split():
   config_lib.validate(config)
   assert config.model.name == 'conv_pool' and config.train.epochs == 8
   assert config.data.validation_split == 5000
-  assert config.train.precision == 'mixed_bfloat16'
+  assert config.train.precision == 'mixed_bfloat16_if_native'
 
 
 def test_adam_betas_are_refused_for_sgd():
