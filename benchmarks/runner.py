@@ -95,14 +95,18 @@ def run_codelab_fit(config: str, out_file: str,
   """benchmarks/codelab_fit.py for configs/CONFIG.py, writing OUT_FILE anew.
 
   fit_flags: its flags and --config.a.b=value overrides, after --data_dir.
-  Returns the process and its records, one per epoch.
+  Returns the process and its records, one per epoch. It runs with
+  TensorFlow's default CPU allocator, as the codelab does: importing
+  mnist_dist (for the model and the IDX reader) would switch it to the
+  trainer's (mnist_dist/__init__.py).
   """
   if os.path.exists(out_file):
     os.remove(out_file)
   process = run_python('-m', 'benchmarks.codelab_fit',
                        f'--config={config_path(config)}',
                        f'--data_dir={DATA_DIR.value}', f'--out={out_file}',
-                       *fit_flags)
+                       *fit_flags,
+                       env={'TF_CPU_ALLOCATOR_USE_BFC': 'false'})
   with open(out_file) as f:
     return process, [json.loads(line) for line in f]
 

@@ -11,9 +11,14 @@ r"""Training speed against model.fit and against the machine's own limit.
       --variant=bf16=--config.train.precision=mixed_bfloat16 \
       --variant="xla_ops=TF_XLA_FLAGS=$XLA_OPS"
 
+  # An environment variable's lever, round by round in fresh processes:
+  python -m benchmarks.throughput --configs=conv_bn --repeat=3 \
+      --variant=default_allocator=TF_CPU_ALLOCATOR_USE_BFC=false
+
 For each config, in one run and on the same machine: the codelab recipe
-(benchmarks/codelab_fit.py) and this trainer with its defaults
-(python -m mnist_dist.main), then with each --variant, each in a fresh
+(benchmarks/codelab_fit.py, with TensorFlow's default CPU allocator, as the
+codelab runs) and this trainer with its defaults (python -m
+mnist_dist.main, with the BFC allocator: mnist_dist/__init__.py), then with each --variant, each in a fresh
 process training 2 epochs on the real MNIST with the config's global batch.
 The second epoch's training examples/s is compared (the first pays for
 tracing and warm-up; evaluation is not timed).
@@ -47,6 +52,11 @@ _OUT = flags.DEFINE_string('out', '/tmp/throughput', 'Output folder.')
 _CONFIGS = flags.DEFINE_list('configs', list(runner.LADDER),
                              'Configs to measure.')
 _TRAINER_FLAGS = runner.define_trainer_flags()
+_REPEAT = flags.DEFINE_integer(
+    'repeat', 1, 'How many times to measure every config and variant, one '
+    'round after the other: a lever that is an environment variable cannot '
+    'be A/B-tested in one process (benchmarks/ab.py), but it can be in '
+    'fresh processes, round by round.')
 _VARIANTS = flags.DEFINE_multi_string(
     'variant', [], 'NAME=ITEM[,ITEM...]: also run this trainer with these '
     'items, one more row per config. An item is a --config.x=y flag (after '
@@ -104,25 +114,31 @@ def _trainer_row(name: str, variant: Variant, *, fit_speed: float,
   }
 
 
-def measure(name: str, out: str) -> list[dict]:
-  """The rows of config NAME: model.fit once, then each trainer variant."""
+def measure(name: str, out: str, *, round_: int) -> list[dict]:
+  """The rows of config NAME: model.fit once, then each trainer variant,
+  each with its speed against the defaults' in the same round."""
   _, fit = runner.run_codelab_fit(name, os.path.join(out, f'{name}_fit.jsonl'),
                                   '--epochs=2')
   variants = [Variant('defaults'), *map(parse_variant, _VARIANTS.value)]
-  return [_trainer_row(name, variant, fit_speed=fit[-1]['examples_per_s'],
+  rows = [_trainer_row(name, variant, fit_speed=fit[-1]['examples_per_s'],
                        out=out) for variant in variants]
+  for row in rows:
+    row.update(round=round_, vs_defaults=round(
+        row['trainer_examples_per_s'] / rows[0]['trainer_examples_per_s'], 2))
+  return rows
 
 
 def print_table(rows: list[dict], *, matmul_gflops: dict[str, float]) -> None:
   """The Markdown table of rows, against the matmul rates {dtype: GFLOP/s}."""
   runner.print_header(
-      'config', 'this trainer', 'examples/s', 'model.fit examples/s', 'ratio',
-      'MFLOP per example', 'GFLOP/s',
+      'round', 'config', 'this trainer', 'examples/s', 'vs defaults',
+      'model.fit examples/s', 'ratio', 'MFLOP per example', 'GFLOP/s',
       *(f'of {dtype} matmul ({matmul_gflops[dtype]})'
         for dtype in matmul.MATMUL_DTYPES), 'command to first loop end')
   for row in rows:
     runner.print_row(
-        row['config'], row['variant'], f'{row["trainer_examples_per_s"]:,}',
+        row['round'], row['config'], row['variant'],
+        f'{row["trainer_examples_per_s"]:,}', f'{row["vs_defaults"]}x',
         f'{row["fit_examples_per_s"]:,}', f'{row["ratio"]}x',
         row['mflop_per_example'], row['gflop_per_s'],
         *(f'{row["gflop_per_s"] / matmul_gflops[dtype]:.0%}'
@@ -133,7 +149,9 @@ def main(argv):
   del argv
   os.makedirs(_OUT.value, exist_ok=True)
   before = matmul.matmul_rates()
-  rows = [row for name in _CONFIGS.value for row in measure(name, _OUT.value)]
+  rows = [row for round_ in range(1, _REPEAT.value + 1)
+          for name in _CONFIGS.value
+          for row in measure(name, _OUT.value, round_=round_)]
   after = matmul.matmul_rates()
   print(runner.describe_machine())
   print(f'Matmul {matmul.MATMUL_SIZE}x{matmul.MATMUL_SIZE}, GFLOP/s before / '

@@ -82,16 +82,17 @@ def test_matmul_rate_is_the_products_flops_over_their_time(monkeypatch):
 
 
 def test_throughput_table_puts_speed_against_the_matmul_rates(capsys):
-  row = {'config': 'conv_bn', 'variant': 'bf16', 'trainer_examples_per_s': 4000,
+  row = {'round': 2, 'config': 'conv_bn', 'variant': 'bf16',
+         'trainer_examples_per_s': 4000, 'vs_defaults': 1.1,
          'fit_examples_per_s': 3200, 'ratio': 1.25, 'mflop_per_example': 23.0,
          'gflop_per_s': 92.0, 'first_loop_s': 4.2}
   throughput.print_table([row], matmul_gflops={'float32': 200,
                                                'bfloat16': 400})
   lines = capsys.readouterr().out.splitlines()
-  assert lines[0].startswith('| config | this trainer | examples/s |')
+  assert lines[0].startswith('| round | config | this trainer | examples/s |')
   assert 'of float32 matmul (200) | of bfloat16 matmul (400)' in lines[0]
-  assert lines[2] == ('| conv_bn | bf16 | 4,000 | 3,200 | 1.25x | 23.0 | 92.0 '
-                      '| 46% | 23% | 4.2 s |')
+  assert lines[2] == ('| 2 | conv_bn | bf16 | 4,000 | 1.1x | 3,200 | 1.25x '
+                      '| 23.0 | 92.0 | 46% | 23% | 4.2 s |')
 
 
 def test_a_variant_is_config_flags_and_environment_variables():

@@ -146,7 +146,11 @@ def test_train_step_compiles_whole_and_agrees_without_xla(case):
   # magnifies it: its conv_bn gradients are 0.7% from a float64 reference
   # where TensorFlow's own kernels are 4e-6 from it. bfloat16 keeps 8 bits of
   # mantissa, and the two round differently: updates within 15%, losses
-  # within 1.3e-3 (with accumulation: batch norm over micro-batches of 8).
+  # within 1.3e-3 (with accumulation: batch norm over micro-batches of 8);
+  # on a CPU that emulates bfloat16 (an AMD EPYC with AVX2 only), the first
+  # conv's update within 35% (all options; 22% bfloat16 alone). What this
+  # test catches moves an update by its own size or more (a ratio of 1): a
+  # lost scaling by the replica count, an option XLA's trace drops.
   bfloat16 = CASES[case].get('train.precision') == 'mixed_bfloat16'
   np.testing.assert_allclose(with_xla.loss, without.loss,
                              rtol=3e-3 if bfloat16 else
@@ -161,7 +165,7 @@ def test_train_step_compiles_whole_and_agrees_without_xla(case):
                                  atol=2 * LEARNING_RATE * NUM_STEPS,
                                  err_msg=name)
     else:
-      assert np.linalg.norm(got - want) <= (0.3 if bfloat16 else 0.02) * (
+      assert np.linalg.norm(got - want) <= (0.5 if bfloat16 else 0.02) * (
           np.linalg.norm(want)), name
 
 
