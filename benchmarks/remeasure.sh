@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Every measured table of docs/performance.md and the README's configs table,
-# remade one after the other in one run on one machine, so that their ratios
-# compare:
+# The speed tables of docs/performance.md (against model.fit and the matmul
+# rate, conv_bn's ceiling, time to accuracy) and the README's configs table,
+# remade one after the other in one run on one machine, so that they compare
+# (the profile, exit-lag and start-up tables have commands of their own):
 #
 #   bash benchmarks/remeasure.sh ../shared/mnist /tmp/remeasure [PART ...]
 #
 # PART is any of the names below (all of them by default), in that order.
 # Each part's table goes to OUT/PART.md as it prints, its raw numbers to
 # OUT/PART/; the machine and the load before each part to OUT/machine.txt.
-# On a 2-core CPU without AVX512 (2026-12-07) throughput took about 25 min,
-# ab 4, tta_fast 5, ladder 12 and tta_995 30.
+# On a 2-core AMD EPYC with AVX2 only (2026-12-07, quiet), throughput took
+# 23 min, ab 2 and tta_fast 4; ladder and tta_995 were not run there (by
+# its rates, 10 to 15 min and about half an hour).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=$(realpath "${1:-../shared/mnist}")
