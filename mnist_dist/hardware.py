@@ -1,9 +1,10 @@
 """What this machine's processor is, and whether it computes bfloat16 natively.
 
 bfloat16 halves the bytes of every activation, but only a processor with
-bfloat16 arithmetic turns that into speed: on a CPU without it, oneDNN
-converts to float32 and back around every operation, and fast.py trained
-2.5 times slower in mixed_bfloat16 than in float32 (docs/performance.md).
+bfloat16 arithmetic turns that into speed: on a CPU without it bfloat16 is
+emulated, converted to and from float32 around the arithmetic, and fast.py
+took 2.4 times as long to reach 99% in mixed_bfloat16 as in float32
+(docs/performance.md).
 `train.precision=mixed_bfloat16_if_native` asks `native_bfloat16` first.
 """
 
