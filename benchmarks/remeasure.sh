@@ -10,8 +10,8 @@
 # Each part's table goes to OUT/PART.md as it prints, its raw numbers to
 # OUT/PART/; the machine and the load before each part to OUT/machine.txt.
 # On a 2-core AMD EPYC with AVX2 only (2026-12-07, quiet), throughput took
-# 23 min, ab 2 and tta_fast 4; ladder and tta_995 were not run there (by
-# its rates, 10 to 15 min and about half an hour).
+# 23 min, ab 2, tta_fast 4 and ladder 13; tta_995 was not run there (by its
+# FLOPs, about half an hour).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=$(realpath "${1:-../shared/mnist}")
