@@ -10,6 +10,8 @@ Times, per step and after a warm-up, on the trainer's own code:
            so its input costs next to nothing;
   host     what one call of the loop costs beyond its steps: a 1-step loop's
            time minus one compute step, paid once per steps_per_loop steps.
+And once a run: trace, the seconds tracing the training loop takes (Python
+building its graph, before TensorFlow first runs it).
 The input share of the full step is (full - compute) / full.
 
 With --ops=N, also the N op types with the most time in the full loop, from
@@ -77,9 +79,11 @@ def _op_seconds(loop, num_steps: int) -> dict[str, float]:
   return dict(sorted(seconds.items(), key=lambda item: -item[1]))
 
 
-def _profile(run: train.Run) -> tuple[dict[str, float], dict[str, float]]:
-  """{measurement: seconds per step} of the run's loop and input, and with
-  --ops, _op_seconds of the full loop."""
+def _profile(run: train.Run
+             ) -> tuple[float, dict[str, float], dict[str, float]]:
+  """The seconds tracing the training loop takes, {measurement: seconds per
+  step} of the run's loop and input, and with --ops, _op_seconds of the
+  full loop."""
   strategy, config = run.strategy, run.config
   dataset_fn = functools.partial(
       input_pipeline.train_dataset, split=run.splits['train'],
@@ -99,6 +103,9 @@ def _profile(run: train.Run) -> tuple[dict[str, float], dict[str, float]]:
     # Totals.numpy() waits for the loop to finish on the device.
     return run.train_loop(iterator, tf.constant(num_steps)).numpy()
 
+  start = time.perf_counter()
+  run.train_loop.get_concrete_function(real, tf.constant(0))
+  trace_s = time.perf_counter() - start
   timings = {
       'input': _per_step_s(lambda n: drain(real, tf.constant(n)), _STEPS.value),
       'full': _per_step_s(functools.partial(train_steps, real), _STEPS.value),
@@ -110,7 +117,7 @@ def _profile(run: train.Run) -> tuple[dict[str, float], dict[str, float]]:
   timings['host'] = one_call - timings['compute']
   ops = _op_seconds(functools.partial(train_steps, real),
                     _STEPS.value) if _OPS.value else {}
-  return timings, ops
+  return trace_s, timings, ops
 
 
 def main(argv):
@@ -122,10 +129,11 @@ def main(argv):
   config.outputs.plots = False
   with tempfile.TemporaryDirectory() as workdir:
     run = train.build_run(config, workdir)
-    timings, ops = _profile(run)
+    trace_s, timings, ops = _profile(run)
   settings = run.settings
   print(f'{config.model.name}, global batch {config.train.global_batch_size}, '
         f'precision {settings.precision}, loops of {settings.steps_per_loop}:')
+  print(f'  trace    {trace_s:8.3f} s, once a run')
   for name, seconds in timings.items():
     print(f'  {name:8s} {1e3 * seconds:8.3f} ms per step')
   share = (timings['full'] - timings['compute']) / timings['full']

@@ -9,9 +9,8 @@
 # PART is any of the names below (all of them by default), in that order.
 # Each part's table goes to OUT/PART.md as it prints, its raw numbers to
 # OUT/PART/; the machine and the load before each part to OUT/machine.txt.
-# On a 2-core AMD EPYC with AVX2 only (2026-12-07, quiet), throughput took
-# 23 min, ab 2, tta_fast 4 and ladder 13; tta_995 was not run there (by its
-# FLOPs, about half an hour).
+# On a 2-core AMD EPYC with AVX2 only (2026-12-07, quiet, oneDNN's kernels),
+# throughput took 19 min, ab 2, tta_fast 4, ladder 10 and tta_995 14.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=$(realpath "${1:-../shared/mnist}")
@@ -33,9 +32,9 @@ part() {  # part NAME MODULE [FLAGS...]: one benchmark, its table kept.
 grep -m1 'model name' /proc/cpuinfo >> "$out/machine.txt" || true
 for name in "${parts[@]}"; do
   case $name in
-    throughput)  # Against model.fit and the matmul rates; the allocator, 3 rounds.
-      part throughput benchmarks.throughput --configs=conv_bn,dense --repeat=3 \
-        --variant=default_allocator=TF_CPU_ALLOCATOR_USE_BFC=false \
+    throughput)  # Against model.fit and the matmul rates; oneDNN, 3 rounds.
+      part throughput benchmarks.throughput --configs=fast,dense,conv_bn \
+        --repeat=3 --variant=eigen_kernels=TF_ENABLE_ONEDNN_OPTS=0 \
         --out="$out/throughput" ;;
     ab)  # conv_bn's ceiling: the same convolutions without batch norm.
       part ab benchmarks.ab --a=configs/conv_bn.py --b=configs/conv.py \

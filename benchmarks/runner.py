@@ -98,7 +98,9 @@ def run_codelab_fit(config: str, out_file: str,
   Returns the process and its records, one per epoch. It runs with
   TensorFlow's default CPU allocator, as the codelab does: importing
   mnist_dist (for the model and the IDX reader) would switch it to the
-  trainer's (mnist_dist/__init__.py).
+  trainer's (mnist_dist/__init__.py). The kernels it keeps from that import
+  (oneDNN's, where TensorFlow would pick Eigen's): the comparison is of the
+  loops on the same kernels, and the kernels' own lever is a --variant.
   """
   if os.path.exists(out_file):
     os.remove(out_file)

@@ -13,12 +13,14 @@ r"""Training speed against model.fit and against the machine's own limit.
 
   # An environment variable's lever, round by round in fresh processes:
   python -m benchmarks.throughput --configs=conv_bn --repeat=3 \
-      --variant=default_allocator=TF_CPU_ALLOCATOR_USE_BFC=false
+      --variant=default_allocator=TF_CPU_ALLOCATOR_USE_BFC=false \
+      --variant=eigen_kernels=TF_ENABLE_ONEDNN_OPTS=0
 
 For each config, in one run and on the same machine: the codelab recipe
 (benchmarks/codelab_fit.py, with TensorFlow's default CPU allocator, as the
-codelab runs) and this trainer with its defaults (python -m
-mnist_dist.main, with the BFC allocator: mnist_dist/__init__.py), then
+codelab runs, on oneDNN's kernels as the trainer) and this trainer with its
+defaults (python -m mnist_dist.main, with the BFC allocator and oneDNN's
+kernels: mnist_dist/__init__.py), then
 with each --variant, each in a fresh process training 2 epochs on the
 real MNIST with the config's global batch. The second epoch's training
 examples/s is compared (the first pays for tracing and warm-up; evaluation

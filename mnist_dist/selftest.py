@@ -511,9 +511,9 @@ def exact_eval(machine: Machine, sizes: Sizes) -> Measured:
       global_batch_size=eval_batch)
   loop = steps.make_eval_loop(
       strategy=machine.strategy,
-      eval_step=steps.make_eval_step(model=trained.model),
-      num_steps=input_pipeline.eval_steps(num_examples, eval_batch))
-  totals = loop(iterator).numpy()
+      eval_step=steps.make_eval_step(model=trained.model))
+  totals = loop(iterator, tf.constant(
+      input_pipeline.eval_steps(num_examples, eval_batch))).numpy()
   loss_sum, correct = _expected_eval(split)
   checksum = _relative(totals.loss, loss_sum)
   return Measured(

@@ -2,10 +2,11 @@
 
 A per-replica step runs under `strategy.run` on every replica at once. The
 loops around it are `tf.function`s that take the step count as a tensor, so one
-trace serves every loop length, and they return `Totals`: sums reduced over
-replicas. Sums, not means, because sums add up exactly across replicas, loops
-and epochs; the controller divides once. Every sum is built and read by name
-(`EXAMPLE_SUMS`, `Totals`), never by position.
+trace serves every loop length (and, for evaluation, every split), and they
+return `Totals`: sums reduced over replicas. Sums, not means, because sums add
+up exactly across replicas, loops and epochs; the controller divides once.
+Every sum is built and read by name (`EXAMPLE_SUMS`, `Totals`), never by
+position.
 """
 
 from typing import Callable, NamedTuple
@@ -209,7 +210,8 @@ def make_train_step(*, model: keras.Model,
       model=model, optimizer=optimizer, global_batch_size=global_batch_size,
       label_smoothing=label_smoothing, micro_batches=accumulation_steps)
   if jit_compile:
-    forward_backward = tf.function(forward_backward, jit_compile=True)
+    forward_backward = tf.function(forward_backward, jit_compile=True,
+                                   autograph=False)
 
   def train_step(images, labels):
     if accumulation_steps == 1:
@@ -239,21 +241,29 @@ def make_train_loop(*, strategy: tf.distribute.Strategy,
   all of it.
   """
 
-  @tf.function
+  # A tf.while_loop written out, traced with autograph off: with it on,
+  # autograph rewrites every function the loop calls (the step, the model's
+  # and the optimizer's glue), though none needs it: their `if`s are on
+  # Python values. fast.py's loop took 1.1 to 1.2 s to trace with it, 0.5 s
+  # without, on a 2-core CPU, at every start (docs/performance.md).
+  @tf.function(autograph=False)
   def train_loop(iterator, num_steps):
-    sums = _no_sums()
-    steps = tf.constant(0)
-    nonfinite_steps = tf.constant(0)
-    for _ in tf.range(num_steps):
+    def more(steps, stopped, unused_nonfinite_steps, unused_sums):
+      return tf.logical_and(steps < num_steps, tf.logical_not(stopped))
+
+    def step(steps, unused_stopped, nonfinite_steps, sums):
       step_sums = _summed_over_replicas(strategy, train_step, next(iterator))
       finite = tf.math.is_finite(step_sums['loss'])  # Any replica's NaN shows.
       sums = _add(sums, {name: tf.where(finite, value, 0.0)
                          for name, value in step_sums.items()})
-      steps += 1
-      nonfinite_steps += tf.cast(tf.logical_not(finite), tf.int32)
-      if stop_on_nonfinite:
-        if tf.logical_not(finite):
-          break
+      nonfinite = tf.logical_not(finite)
+      stopped = nonfinite if stop_on_nonfinite else tf.constant(False)
+      return (steps + 1, stopped,
+              nonfinite_steps + tf.cast(nonfinite, tf.int32), sums)
+
+    steps, _, nonfinite_steps, sums = tf.while_loop(
+        more, step, (tf.constant(0), tf.constant(False), tf.constant(0),
+                     _no_sums()))
     return Totals(**sums, steps=steps, nonfinite_steps=nonfinite_steps)
 
   return train_loop
@@ -275,16 +285,24 @@ def make_eval_step(*, model: keras.Model) -> Callable[..., tf.Tensor]:
 
 
 def make_eval_loop(*, strategy: tf.distribute.Strategy,
-                   eval_step: Callable[..., tf.Tensor],
-                   num_steps: int) -> Callable[..., Totals]:
-  """Returns eval_loop(iterator) -> Totals of one pass over a split."""
+                   eval_step: Callable[..., tf.Tensor]
+                   ) -> Callable[..., Totals]:
+  """Returns eval_loop(iterator, num_steps) -> Totals of num_steps batches.
 
-  @tf.function
-  def eval_loop(iterator):
-    sums = _no_sums()
-    for _ in tf.range(num_steps):
-      sums = _add(sums, _summed_over_replicas(strategy, eval_step,
-                                              next(iterator)))
-    return Totals(**sums, steps=num_steps, nonfinite_steps=0)
+  One trace serves every split whose batches have the same shapes: the
+  validation split and the test set, evaluated in the same run.
+  """
+
+  @tf.function(autograph=False)  # Why: make_train_loop.
+  def eval_loop(iterator, num_steps):
+    def more(steps, unused_sums):
+      return steps < num_steps
+
+    def step(steps, sums):
+      return steps + 1, _add(sums, _summed_over_replicas(
+          strategy, eval_step, next(iterator)))
+
+    steps, sums = tf.while_loop(more, step, (tf.constant(0), _no_sums()))
+    return Totals(**sums, steps=steps, nonfinite_steps=0)
 
   return eval_loop

@@ -152,18 +152,17 @@ def train(run: Run, state: TrainState) -> None:
       end_epoch(run, state, signals)
 
 
-def _evaluator(strategy, trained: trainable.Model, split, *, eval_batch: int):
-  """evaluate(signals) -> Totals over all of split."""
+def _evaluator(strategy, trained: trainable.Model, split, *, eval_batch: int,
+               eval_loop):
+  """evaluate(signals) -> Totals over all of split, by eval_loop."""
   iterator = input_pipeline.distributed_iterator(
       strategy, input_pipeline.eval_dataset, split=split,
       global_batch_size=eval_batch)
-  loop = steps.make_eval_loop(
-      strategy=strategy, eval_step=steps.make_eval_step(model=trained.model),
-      num_steps=input_pipeline.eval_steps(len(split), eval_batch))
+  num_steps = tf.constant(input_pipeline.eval_steps(len(split), eval_batch))
 
   def evaluate_split(signals):
     with trained.evaluated_weights():
-      return signals.call(loop, iterator).numpy()
+      return signals.call(eval_loop, iterator, num_steps).numpy()
   return evaluate_split
 
 
@@ -210,6 +209,9 @@ def build_run(config, workdir: str, *, actions=()) -> Run:
   counters = trainable.Counters()
   eval_batch = math.ceil(config.train.eval_batch_size /
                          topology.replicas) * topology.replicas
+  # One for both splits: one trace.
+  eval_loop = steps.make_eval_loop(
+      strategy=strategy, eval_step=steps.make_eval_step(model=trained.model))
   logging.info('%s: %s on %s, global batch %d, %d steps per epoch in loops '
                'of %d, XLA %s, precision %s', config.model.name, topology,
                kind, config.train.global_batch_size, steps_per_epoch,
@@ -226,7 +228,7 @@ def build_run(config, workdir: str, *, actions=()) -> Run:
       train_loop=_train_loop(config, strategy=strategy, trained=trained,
                              settings=settings),
       evaluators={name: _evaluator(strategy, trained, splits[name],
-                                   eval_batch=eval_batch)
+                                   eval_batch=eval_batch, eval_loop=eval_loop)
                   for name in ('eval', 'test')},
       stop_vote=cluster.StopVote(strategy),
       checkpointer=trainable.checkpointer(

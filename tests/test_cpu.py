@@ -1,5 +1,6 @@
 """What the trainer does for the processor it runs on: bfloat16 only where it
-is native, and TensorFlow's CPU tensors kept between steps, not refaulted."""
+is native, oneDNN's kernels on every x86-64 CPU, and TensorFlow's CPU tensors
+kept between steps, not refaulted."""
 
 import os
 import subprocess
@@ -89,3 +90,29 @@ def test_steps_reuse_their_memory_instead_of_faulting_it_in_again():
   faults = subprocess.run([sys.executable, '-c', _STEPS], cwd=ROOT, env=env,
                           capture_output=True, text=True, check=True)
   assert int(faults.stdout.split()[-1]) < 10_000, faults.stdout
+
+
+_ONEDNN = textwrap.dedent("""
+    import mnist_dist
+    import tensorflow as tf
+    from tensorflow.python.util import _pywrap_util_port
+    print(_pywrap_util_port.IsMklEnabled())
+""")
+
+
+@pytest.mark.skipif(sys.platform != 'linux' or os.uname().machine != 'x86_64',
+                    reason='the package asks for oneDNN on x86-64 Linux only')
+@pytest.mark.parametrize('users_value,enabled', [(None, 'True'),
+                                                 ('0', 'False')])
+def test_convolutions_run_on_onednn_unless_the_user_says_not(users_value,
+                                                              enabled):
+  """TensorFlow turns oneDNN's kernels on by default only on CPUs with
+  AVX512_VNNI or newer; on an AVX2-only CPU Eigen's took fast.py's step
+  twice as long. The package asks for oneDNN; the user's own value wins."""
+  env = {name: value for name, value in os.environ.items()
+         if name != 'TF_ENABLE_ONEDNN_OPTS'}  # This process set it.
+  if users_value is not None:
+    env['TF_ENABLE_ONEDNN_OPTS'] = users_value
+  result = subprocess.run([sys.executable, '-c', _ONEDNN], cwd=ROOT, env=env,
+                          capture_output=True, text=True, check=True)
+  assert result.stdout.split()[-1] == enabled, result.stderr[-2000:]

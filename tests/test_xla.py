@@ -185,10 +185,9 @@ def test_eval_step_compiles_and_agrees_without_xla(precision):
   totals = {}
   for xla in (True, False):
     step = tf.function(eval_step, jit_compile=True) if xla else eval_step
-    loop = steps.make_eval_loop(strategy=strategy, eval_step=step,
-                                num_steps=3)
-    totals[xla] = loop(
-        iter(strategy.experimental_distribute_dataset(dataset))).numpy()
+    loop = steps.make_eval_loop(strategy=strategy, eval_step=step)
+    totals[xla] = loop(iter(strategy.experimental_distribute_dataset(dataset)),
+                       tf.constant(3)).numpy()
   tolerance = 2e-2 if precision == 'mixed_bfloat16' else 1e-5
   assert totals[True].count == totals[False].count == 3 * BATCH - 5
   np.testing.assert_allclose(totals[True].loss, totals[False].loss,
@@ -218,13 +217,13 @@ def test_the_loops_hold_nothing_that_runs_on_the_host_only():
   train_ops = _op_types(train_loop.get_concrete_function(
       iterator, tf.constant(1)))
   eval_loop = steps.make_eval_loop(
-      strategy=strategy, eval_step=steps.make_eval_step(model=trained.model),
-      num_steps=1)
+      strategy=strategy, eval_step=steps.make_eval_step(model=trained.model))
   eval_iterator = iter(strategy.experimental_distribute_dataset(
       tf.data.Dataset.from_tensors((tf.zeros([BATCH, 28, 28], tf.uint8),
                                     tf.zeros([BATCH], tf.int32),
                                     tf.ones([BATCH])))))
-  eval_ops = _op_types(eval_loop.get_concrete_function(eval_iterator))
+  eval_ops = _op_types(eval_loop.get_concrete_function(eval_iterator,
+                                                      tf.constant(1)))
   # The traced graphs are the real ones: the step's ops are in them.
   assert {'Conv2D', 'AssignVariableOp'} <= train_ops
   assert 'Conv2D' in eval_ops
