@@ -20,11 +20,10 @@ For each config, in one run and on the same machine: the codelab recipe
 (benchmarks/codelab_fit.py, with TensorFlow's default CPU allocator, as the
 codelab runs, on oneDNN's kernels as the trainer) and this trainer with its
 defaults (python -m mnist_dist.main, with the BFC allocator and oneDNN's
-kernels: mnist_dist/__init__.py), then
-with each --variant, each in a fresh process training 2 epochs on the
-real MNIST with the config's global batch. The second epoch's training
-examples/s is compared (the first pays for tracing and warm-up; evaluation
-is not timed).
+kernels: mnist_dist/__init__.py), then with each --variant, each in a fresh
+process training 2 epochs on the real MNIST with the config's global batch.
+The second epoch's training examples/s is compared (the first pays for
+tracing and warm-up; evaluation is not timed).
 
 Against the machine: the training step's FLOPs per example are counted from
 the run's own model (benchmarks/flops.py: TensorFlow's profiler on the traced

@@ -1,6 +1,6 @@
 """What the trainer does for the processor it runs on: bfloat16 only where it
-is native, oneDNN's kernels on every x86-64 CPU, and TensorFlow's CPU tensors
-kept between steps, not refaulted."""
+is native, oneDNN's kernels on every x86-64 Linux CPU, and TensorFlow's CPU
+tensors kept between steps, not refaulted."""
 
 import os
 import subprocess
@@ -65,6 +65,13 @@ def test_a_tpu_is_native_and_a_gpu_needs_capability_8(monkeypatch):
     assert hardware.native_bfloat16('GPU') == native
 
 
+def _environment_without(variable: str) -> dict[str, str]:
+  """This process's environment without variable, which importing the
+  package here set: a fresh process then sees only what it sets itself."""
+  return {name: value for name, value in os.environ.items()
+          if name != variable}
+
+
 _STEPS = textwrap.dedent("""
     import resource, sys
     import mnist_dist
@@ -85,8 +92,7 @@ def test_steps_reuse_their_memory_instead_of_faulting_it_in_again():
   package: measured, ~170 page faults (the BFC allocator) where
   TensorFlow's default allocator takes ~94,000 (a 19 MB output each step,
   returned to the kernel and faulted in again)."""
-  env = {name: value for name, value in os.environ.items()
-         if name != 'TF_CPU_ALLOCATOR_USE_BFC'}  # This process set it.
+  env = _environment_without('TF_CPU_ALLOCATOR_USE_BFC')
   faults = subprocess.run([sys.executable, '-c', _STEPS], cwd=ROOT, env=env,
                           capture_output=True, text=True, check=True)
   assert int(faults.stdout.split()[-1]) < 10_000, faults.stdout
@@ -109,8 +115,7 @@ def test_convolutions_run_on_onednn_unless_the_user_says_not(users_value,
   """TensorFlow turns oneDNN's kernels on by default only on CPUs with
   AVX512_VNNI or newer; on an AVX2-only CPU Eigen's took fast.py's step
   twice as long. The package asks for oneDNN; the user's own value wins."""
-  env = {name: value for name, value in os.environ.items()
-         if name != 'TF_ENABLE_ONEDNN_OPTS'}  # This process set it.
+  env = _environment_without('TF_ENABLE_ONEDNN_OPTS')
   if users_value is not None:
     env['TF_ENABLE_ONEDNN_OPTS'] = users_value
   result = subprocess.run([sys.executable, '-c', _ONEDNN], cwd=ROOT, env=env,
