@@ -25,9 +25,9 @@ from ml_collections import config_flags
 import tensorflow as tf
 
 from benchmarks import runner
-from mnist_dist import idx
-from mnist_dist import models
-from mnist_dist import optimizers
+from mnist_dist.data import idx
+from mnist_dist.modeling import models
+from mnist_dist.modeling import optimizers
 
 config_flags.DEFINE_config_file('config', None, 'A config of configs/.')
 _EPOCHS = flags.DEFINE_integer('epochs', 0,

@@ -12,7 +12,7 @@ count, and the matmul rate, which lives in the package so that the installed
   element-wise arithmetic) at the shapes of the traced batch. Nothing is
   typed in: a change of the model changes the count. The optimizer's update
   (a few operations per weight, once per batch: under 1% here) is not in it.
-- `matmul_gflops` (`mnist_dist/matmul.py`): the rate of a large square
+- `matmul_gflops` (`mnist_dist/tools/matmul.py`): the rate of a large square
   matrix product in a dtype, timed on this machine now, the best of a few
   tries: what the CPU's vector units sustain on the friendliest kernel
   there is, so a practical ceiling for a training step in that dtype.
@@ -26,7 +26,7 @@ import keras
 import ml_collections
 import tensorflow as tf
 
-from mnist_dist import models
+from mnist_dist.modeling import models
 
 
 def train_flops_per_example(model_config: ml_collections.ConfigDict, *,

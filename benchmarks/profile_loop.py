@@ -43,7 +43,7 @@ import tensorflow as tf
 from tensorflow.python.profiler.internal import _pywrap_profiler_plugin
 
 from benchmarks import runner
-from mnist_dist import input_pipeline
+from mnist_dist.data import input_pipeline
 from mnist_dist import train
 
 config_flags.DEFINE_config_file('config', None, 'A config of configs/.')

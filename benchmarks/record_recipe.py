@@ -23,7 +23,7 @@ time-to-accuracy benchmark turns them into both clocks (from launch, and
 MLPerf's from the first touch of the data; the net and its optimizer are
 built before that, as MLPerf's initialisation may be).
 
-Its own IDX reader and argparse, not mnist_dist.idx and absl flags: both
+Its own IDX reader and argparse, not mnist_dist.data.idx and absl flags: both
 would import TensorFlow (4 s of start-up the peer does not have) and the
 flags would collide with the benchmarks' in a process that imports both.
 """

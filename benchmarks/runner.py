@@ -19,9 +19,9 @@ import time
 from absl import flags
 import tensorflow as tf
 
-from mnist_dist import hardware
-from mnist_dist import metrics_file
-from mnist_dist import workdir as workdir_lib
+from mnist_dist.distribution import hardware
+from mnist_dist.outputs import metrics_file
+from mnist_dist.base import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The codelab's ladder of models, from a 1-layer softmax net to conv + batch

@@ -47,8 +47,8 @@ from absl import flags
 
 from benchmarks import flops
 from benchmarks import runner
-from mnist_dist import matmul
-from mnist_dist import workdir as workdir_lib
+from mnist_dist.tools import matmul
+from mnist_dist.base import workdir as workdir_lib
 
 _OUT = flags.DEFINE_string('out', '/tmp/throughput', 'Output folder.')
 _CONFIGS = flags.DEFINE_list('configs', list(runner.LADDER),

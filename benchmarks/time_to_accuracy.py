@@ -55,7 +55,7 @@ from absl import flags
 from benchmarks import clocks
 from benchmarks import mlperf
 from benchmarks import runner
-from mnist_dist import workdir as workdir_lib
+from mnist_dist.base import workdir as workdir_lib
 
 _CONFIG = flags.DEFINE_string('config', 'fast', 'A config name of configs/.')
 _TARGET = flags.DEFINE_float('target', 0.99, 'Test accuracy to reach.')

@@ -53,8 +53,8 @@ import tensorflow as tf
 # variables are not hashable.
 from tensorflow.python.util import object_identity
 
-from mnist_dist import workdir as workdir_lib
-from mnist_dist.errors import CheckpointError
+from mnist_dist.base import workdir as workdir_lib
+from mnist_dist.base.errors import CheckpointError
 
 
 def _saves_tensors(trackable) -> bool:

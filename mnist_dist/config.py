@@ -15,12 +15,12 @@ graph flows one way: this module imports those, none of them imports this.
 
 import ml_collections
 
-from mnist_dist import input_pipeline
-from mnist_dist import models
-from mnist_dist import optimizers
-from mnist_dist import profiling
-from mnist_dist import strategy
-from mnist_dist.errors import ConfigError
+from mnist_dist.data import input_pipeline
+from mnist_dist.modeling import models
+from mnist_dist.modeling import optimizers
+from mnist_dist.outputs import profiling
+from mnist_dist.distribution import strategy
+from mnist_dist.base.errors import ConfigError
 
 PRECISIONS = ('auto', 'float32', 'mixed_bfloat16', 'mixed_float16',
               'mixed_bfloat16_if_native')
@@ -39,7 +39,7 @@ def default_config() -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict()
   # One of models.NAMES, or 'package.module:function' for a model of your
-  # own (mnist_dist/models.py says what the function returns).
+  # own (mnist_dist/modeling/models.py says what the function returns).
   config.model.name = 'conv_bn'
   config.model.dropout = 0.3
   # Batch statistics over the global batch instead of each replica's share.
@@ -92,7 +92,7 @@ def default_config() -> ml_collections.ConfigDict:
   # auto: mixed_bfloat16 on TPU, float32 elsewhere. mixed_bfloat16_if_native:
   # mixed_bfloat16 where the device multiplies bfloat16 natively (a TPU, a GPU
   # of compute capability 8.0+, a CPU with AVX512_BF16 or AMX), float32
-  # elsewhere (mnist_dist/hardware.py).
+  # elsewhere (mnist_dist/distribution/hardware.py).
   config.train.precision = 'auto'
   # XLA on the per-replica step: auto = on for TPU and GPU, off for CPU.
   config.train.jit_compile = 'auto'
@@ -153,7 +153,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.outputs.litert_int8 = False
   # 'A,B': a profiler trace of steps A to B (from 1; rounded out to whole
   # loop calls) into WORKDIR/tensorboard, for TensorBoard's Profile tab
-  # (mnist_dist/profiling.py). '': off.
+  # (mnist_dist/outputs/profiling.py). '': off.
   config.outputs.profile_steps = ''
 
   config.distribution = ml_collections.ConfigDict()

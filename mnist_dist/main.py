@@ -10,7 +10,7 @@ from the workdir's latest checkpoint.
 Output, on stderr: the run's own lines (`06:44:42 step 500/9370 epoch 1/10 |
 loss 0.0980 ...`), and on a terminal a progress bar instead of a line per
 training loop; of TensorFlow's, only its warnings and errors (see
-mnist_dist/console.py; --tf_logs shows them all).
+mnist_dist/base/console.py; --tf_logs shows them all).
 
 Exit codes: 0 done; 2 bad config or data (one line says what, before any
 training); 3 the loss became NaN or infinite (the last good checkpoint is
@@ -22,7 +22,7 @@ checkpoint); 128+N a second signal N, which exits at once.
 
 import sys
 
-from mnist_dist import console
+from mnist_dist.base import console
 
 console.import_tensorflow(sys.argv)  # Before anything else imports it.
 
@@ -30,8 +30,8 @@ console.import_tensorflow(sys.argv)  # Before anything else imports it.
 from absl import flags
 from ml_collections import config_flags
 
-from mnist_dist import cli
-from mnist_dist import errors
+from mnist_dist.base import cli
+from mnist_dist.base import errors
 from mnist_dist import train
 # pylint: enable=wrong-import-position
 

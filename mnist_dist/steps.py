@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mnist_dist import averaging
+from mnist_dist.modeling import averaging
 
 SUM = tf.distribute.ReduceOp.SUM
 

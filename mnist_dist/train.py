@@ -16,7 +16,7 @@ cluster runs the same steps in the same order, since each loop, evaluation,
 checkpoint and stop vote is a collective; only the chief writes files.
 
 What a run leaves besides checkpoints (metrics.jsonl, TensorBoard, the
-export, ...) is made by actions (`mnist_dist.actions`): this module calls
+export, ...) is made by actions (`mnist_dist.outputs.actions`): this module calls
 them at fixed points and knows none of them by name.
 """
 
@@ -31,20 +31,20 @@ import keras
 import ml_collections
 import tensorflow as tf
 
-from mnist_dist import actions as actions_lib
+from mnist_dist.outputs import actions as actions_lib
 from mnist_dist import checkpoints
-from mnist_dist import cluster
+from mnist_dist.distribution import cluster
 from mnist_dist import config as config_lib
-from mnist_dist import errors
-from mnist_dist import input_pipeline
-from mnist_dist import interrupts
-from mnist_dist import optimizers
-from mnist_dist import outputs
+from mnist_dist.base import errors
+from mnist_dist.data import input_pipeline
+from mnist_dist.distribution import interrupts
+from mnist_dist.modeling import optimizers
+from mnist_dist.outputs import from_config as outputs
 from mnist_dist import reporting
 from mnist_dist import steps
-from mnist_dist import strategy as strategy_lib
+from mnist_dist.distribution import strategy as strategy_lib
 from mnist_dist import trainable
-from mnist_dist import workdir as workdir_lib
+from mnist_dist.base import workdir as workdir_lib
 
 
 @dataclasses.dataclass
@@ -66,7 +66,7 @@ class Run:
   splits: dict[str, input_pipeline.Split]  # 'train', 'eval' and 'test'.
   steps_per_epoch: int
   total_steps: int
-  trained: trainable.Model
+  learner: trainable.Learner
   schedule: Callable[[int], float]  # Learning rate of the update of index n.
   train_loop: Callable[..., steps.Totals]
   evaluators: dict[str, Callable[[interrupts.SignalWatch], steps.Totals]]
@@ -99,10 +99,10 @@ def train_and_evaluate(
 
   Args:
     config: a config of `mnist_dist.config` (see configs/).
-    workdir: where the run keeps its files (`mnist_dist.workdir`; local or
+    workdir: where the run keeps its files (`mnist_dist.base.workdir`; local or
       gs://). Starting again with the same workdir resumes.
     actions: outputs of the caller's, run after those config.outputs asks
-      for (`mnist_dist.actions`): Action objects, or functions of a record.
+      for (`mnist_dist.outputs.actions`): Action objects, or functions of a record.
 
   Returns:
     The trained model (with train.ema_decay, its averaged weights) and the
@@ -134,7 +134,7 @@ def train_and_evaluate(
       train(run, state)
       cluster.report_phase('finishing')
       finish(run, state)
-  return TrainResult(model=run.trained.model, metrics=state.records)
+  return TrainResult(model=run.learner.model, metrics=state.records)
 
 
 def train(run: Run, state: TrainState) -> None:
@@ -152,7 +152,7 @@ def train(run: Run, state: TrainState) -> None:
       end_epoch(run, state, signals)
 
 
-def _evaluator(strategy, trained: trainable.Model, split, *, eval_batch: int,
+def _evaluator(strategy, learner: trainable.Learner, split, *, eval_batch: int,
                eval_loop):
   """evaluate(signals) -> Totals over all of split, by eval_loop."""
   iterator = input_pipeline.distributed_iterator(
@@ -161,19 +161,19 @@ def _evaluator(strategy, trained: trainable.Model, split, *, eval_batch: int,
   num_steps = tf.constant(input_pipeline.eval_steps(len(split), eval_batch))
 
   def evaluate_split(signals):
-    with trained.evaluated_weights():
+    with learner.evaluated_weights():
       return signals.call(eval_loop, iterator, num_steps).numpy()
   return evaluate_split
 
 
-def _train_loop(config, *, strategy, trained: trainable.Model, settings):
+def _train_loop(config, *, strategy, learner: trainable.Learner, settings):
   return steps.make_train_loop(
       strategy=strategy, train_step=steps.make_train_step(
-          model=trained.model, optimizer=trained.optimizer,
+          model=learner.model, optimizer=learner.optimizer,
           global_batch_size=config.train.global_batch_size,
           jit_compile=settings.jit_compile,
           label_smoothing=config.train.label_smoothing,
-          weight_average=trained.average,
+          weight_average=learner.average,
           accumulation_steps=config.train.accumulation_steps),
       stop_on_nonfinite=config.train.on_nonfinite_loss == 'stop')
 
@@ -203,7 +203,7 @@ def build_run(config, workdir: str, *, actions=()) -> Run:
   settings = strategy_lib.device_settings(
       config.train, device_kind=kind, steps_per_epoch=steps_per_epoch)
   workdir_lib.check_and_record_config(config, workdir, write=chief)
-  trained = trainable.build_model(config, strategy=strategy,
+  learner = trainable.build_model(config, strategy=strategy,
                                   settings=settings,
                                   steps_per_epoch=steps_per_epoch)
   counters = trainable.Counters()
@@ -211,7 +211,7 @@ def build_run(config, workdir: str, *, actions=()) -> Run:
                          topology.replicas) * topology.replicas
   # One for both splits: one trace.
   eval_loop = steps.make_eval_loop(
-      strategy=strategy, eval_step=steps.make_eval_step(model=trained.model))
+      strategy=strategy, eval_step=steps.make_eval_step(model=learner.model))
   logging.info('%s: %s on %s, global batch %d, %d steps per epoch in loops '
                'of %d, XLA %s, precision %s', config.model.name, topology,
                kind, config.train.global_batch_size, steps_per_epoch,
@@ -221,26 +221,26 @@ def build_run(config, workdir: str, *, actions=()) -> Run:
       config=config, workdir=workdir, started=started, strategy=strategy,
       chief=chief, topology=topology, settings=settings, splits=splits,
       steps_per_epoch=steps_per_epoch,
-      total_steps=config.train.epochs * steps_per_epoch, trained=trained,
+      total_steps=config.train.epochs * steps_per_epoch, learner=learner,
       schedule=optimizers.learning_rate_schedule(
           config.optimizer, steps_per_epoch=steps_per_epoch,
           epochs=config.train.epochs),
-      train_loop=_train_loop(config, strategy=strategy, trained=trained,
+      train_loop=_train_loop(config, strategy=strategy, learner=learner,
                              settings=settings),
-      evaluators={name: _evaluator(strategy, trained, splits[name],
+      evaluators={name: _evaluator(strategy, learner, splits[name],
                                    eval_batch=eval_batch, eval_loop=eval_loop)
                   for name in ('eval', 'test')},
       stop_vote=cluster.StopVote(strategy),
       checkpointer=trainable.checkpointer(
-          config, workdir, chief=chief, trained=trained, settings=settings,
+          config, workdir, chief=chief, learner=learner, settings=settings,
           counters=counters),
       counters=counters, progress=reporting.Progress(
           total_steps=config.train.epochs * steps_per_epoch,
           epochs=config.train.epochs, enabled=chief),
       context=actions_lib.Context(
           config=config, workdir=workdir, chief=chief, device_kind=kind,
-          model=trained.model, splits=splits,
-          evaluated_weights=trained.evaluated_weights),
+          model=learner.model, splits=splits,
+          evaluated_weights=learner.evaluated_weights),
       actions=_actions(config, chief=chief, added=actions))
 
 
@@ -280,7 +280,7 @@ def resume(run: Run) -> TrainState:
 def _learning_rate(run: Run) -> float:
   # The rate of the last step taken: the schedule counts applied updates.
   return float(run.schedule(
-      max(int(run.trained.optimizer.iterations.numpy()) - 1, 0)))
+      max(int(run.learner.optimizer.iterations.numpy()) - 1, 0)))
 
 
 def _finite(variables) -> bool:
@@ -295,7 +295,7 @@ def _save(run: Run, state: TrainState) -> None:
   that overflowed): such a state is never saved, so the newest checkpoint
   is always one that can continue.
   """
-  if not _finite(run.trained.model.variables):
+  if not _finite(run.learner.model.variables):
     raise errors.NonFiniteError(state.step, what='weights')
   run.counters.topology.assign([run.topology.workers, run.topology.replicas])
   run.checkpointer.save(state.step)
@@ -369,20 +369,20 @@ def evaluate(run: Run, state: TrainState, signals) -> dict:
   a held-out split, the test set is evaluated, once.
   """
   evaluated = run.evaluators['eval'](signals)
-  trained = run.counters.epoch()
+  epoch_totals = run.counters.epoch()
   record = {
       'step': state.step,
       'epoch': state.step // run.steps_per_epoch,
-      'train_loss': trained.mean_loss,
-      'train_accuracy': trained.accuracy,
+      'train_loss': epoch_totals.mean_loss,
+      'train_accuracy': epoch_totals.accuracy,
       'eval_loss': evaluated.mean_loss,
       'eval_accuracy': evaluated.accuracy,
       'eval_examples': int(evaluated.count),
       'learning_rate': _learning_rate(run),
-      'nonfinite_steps': int(trained.nonfinite_steps),
+      'nonfinite_steps': int(epoch_totals.nonfinite_steps),
       'elapsed_s': round(time.time() - run.started, 3),
       'wall_time': round(time.time(), 3),
-      'examples_per_s': round(trained.count / max(state.epoch_train_s, 1e-9),
+      'examples_per_s': round(epoch_totals.count / max(state.epoch_train_s, 1e-9),
                               1),
   }
   run.counters.eval_accuracy.assign(evaluated.accuracy)
@@ -421,6 +421,6 @@ def finish(run: Run, state: TrainState) -> None:
   missing (a stop while they were made) makes them at its next start,
   untrained (`trained=False`).
   """
-  if run.trained.average:
-    run.trained.average.keep()  # From here on the model is the evaluated one.
+  if run.learner.average:
+    run.learner.average.keep()  # From here on the model is the evaluated one.
   _each(run, 'finish', trained=bool(state.records))

@@ -12,15 +12,15 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from mnist_dist import averaging
+from mnist_dist.modeling import averaging
 from mnist_dist import checkpoints
-from mnist_dist import models
-from mnist_dist import optimizers
+from mnist_dist.modeling import models
+from mnist_dist.modeling import optimizers
 from mnist_dist import steps
 
 
 @dataclasses.dataclass
-class Model:
+class Learner:
   """The model and what trains it, built in the strategy's scope."""
   model: keras.Model
   optimizer: keras.optimizers.Optimizer
@@ -60,7 +60,7 @@ class Counters:
 
 
 def build_model(config, *, strategy, settings,
-                steps_per_epoch: int) -> Model:
+                steps_per_epoch: int) -> Learner:
   """The model, its optimizer (slots built) and weight average, in scope."""
   keras.mixed_precision.set_global_policy(settings.precision)
   with strategy.scope():
@@ -76,17 +76,17 @@ def build_model(config, *, strategy, settings,
   return Model(model=model, optimizer=optimizer, average=average)
 
 
-def checkpointer(config, workdir: str, *, chief: bool, trained: Model,
+def checkpointer(config, workdir: str, *, chief: bool, learner: Learner,
                  settings, counters: Counters) -> checkpoints.Checkpointer:
   """Checkpoints of everything the next step depends on."""
-  optimizer = trained.optimizer
+  optimizer = learner.optimizer
   return checkpoints.Checkpointer(
       workdir=workdir, keep=config.checkpoint.keep, is_chief=chief,
       async_save=config.checkpoint.async_save,
       # tf.train.Checkpoint does not see into a Keras 3 model: list its
       # variables (batch-norm statistics and dropout's seed state included),
       # by position, since layer names change with what else the process built.
-      model=[variable.value for variable in trained.model.variables],
+      model=[variable.value for variable in learner.model.variables],
       # The inner optimizer of a LossScaleOptimizer: switching
       # train.on_nonfinite_loss between runs must not orphan its state.
       optimizer=getattr(optimizer, 'inner_optimizer', optimizer),
@@ -96,6 +96,6 @@ def checkpointer(config, workdir: str, *, chief: bool, trained: Model,
       # run-defining): the scale and the steps since it last grew.
       **({'loss_scale': [optimizer.dynamic_scale, optimizer.step_counter]}
          if settings.precision == 'mixed_float16' else {}),
-      **({'weight_average': [*trained.average.averages,
-                             trained.average.updates]}
-         if trained.average else {}))
+      **({'weight_average': [*learner.average.averages,
+                             learner.average.updates]}
+         if learner.average else {}))

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from helpers import write_idx
-from mnist_dist import idx
+from mnist_dist.data import idx
 
 NUM_LOGICAL_CPUS = 3
 MNIST_DIR = os.path.join(os.path.dirname(__file__), '..', '..', 'shared',

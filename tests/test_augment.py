@@ -3,7 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
-from mnist_dist import augment
+from mnist_dist.data import augment
 
 _SQUARE = np.zeros((1, 28, 28), np.uint8)
 _SQUARE[0, 12:16, 12:16] = 200  # A centred square.

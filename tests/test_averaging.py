@@ -7,9 +7,9 @@ import pytest
 import tensorflow as tf
 
 from helpers import small_config
-from mnist_dist import input_pipeline
+from mnist_dist.data import input_pipeline
 from mnist_dist import steps
-from mnist_dist import strategy as strategy_lib
+from mnist_dist.distribution import strategy as strategy_lib
 from mnist_dist import train
 from mnist_dist import trainable
 
@@ -27,14 +27,14 @@ def test_average_follows_the_documented_recurrence():
                          'train.ema_decay': 0.2})
   strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
   split, _ = input_pipeline.load(config.data, seed=0)
-  trained = trainable.build_model(
+  learner = trainable.build_model(
       config, strategy=strategy, steps_per_epoch=10,
       settings=strategy_lib.DeviceSettings(
           precision='float32', jit_compile=False, steps_per_loop=1))
-  model, average = trained.model, trained.average
+  model, average = learner.model, learner.average
   loop = steps.make_train_loop(
       strategy=strategy, train_step=steps.make_train_step(
-          model=model, optimizer=trained.optimizer, global_batch_size=64,
+          model=model, optimizer=learner.optimizer, global_batch_size=64,
           jit_compile=False, weight_average=average),
       stop_on_nonfinite=True)
   iterator = iter(strategy.distribute_datasets_from_function(

@@ -19,8 +19,8 @@ from benchmarks import mlperf
 from benchmarks import throughput
 from helpers import ROOT
 from mnist_dist import config as config_lib
-from mnist_dist import idx
-from mnist_dist import matmul
+from mnist_dist.data import idx
+from mnist_dist.tools import matmul
 
 
 def _model_config(name):

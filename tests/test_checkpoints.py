@@ -23,7 +23,7 @@ from helpers import ROOT
 from helpers import finished_state
 from helpers import small_config
 from mnist_dist import checkpoints
-from mnist_dist import errors
+from mnist_dist.base import errors
 from mnist_dist import train
 
 

@@ -6,8 +6,8 @@ import sys
 from absl import flags
 import pytest
 
-from mnist_dist import cli
-from mnist_dist import errors
+from mnist_dist.base import cli
+from mnist_dist.base import errors
 from mnist_dist import main as main_lib
 
 

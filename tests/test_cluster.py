@@ -24,7 +24,7 @@ from helpers import checkpoint_variables
 from helpers import finished_state
 from helpers import launch_script
 from helpers import run_main
-from mnist_dist import errors
+from mnist_dist.base import errors
 
 # Real clusters of worker processes: 10 to 50 s each.
 pytestmark = pytest.mark.slow

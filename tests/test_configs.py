@@ -5,11 +5,11 @@ import pytest
 
 from helpers import load_config
 from mnist_dist import config as config_lib
-from mnist_dist import errors
-from mnist_dist import input_pipeline
-from mnist_dist import models
-from mnist_dist import optimizers
-from mnist_dist import strategy as strategy_lib
+from mnist_dist.base import errors
+from mnist_dist.data import input_pipeline
+from mnist_dist.modeling import models
+from mnist_dist.modeling import optimizers
+from mnist_dist.distribution import strategy as strategy_lib
 
 # config: (batch, optimizer, lr, decay per epoch, trainable parameters,
 #          layer kinds after the input scaling, logits excluded)

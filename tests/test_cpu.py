@@ -11,8 +11,8 @@ import pytest
 
 from helpers import ROOT
 from mnist_dist import config as config_lib
-from mnist_dist import hardware
-from mnist_dist import strategy as strategy_lib
+from mnist_dist.distribution import hardware
+from mnist_dist.distribution import strategy as strategy_lib
 
 _CPUINFO = """processor\t: 0
 model name\t: Some CPU

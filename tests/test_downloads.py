@@ -5,7 +5,7 @@ import socket
 
 import pytest
 
-from mnist_dist import downloads
+from mnist_dist.data import downloads
 
 
 @pytest.fixture(autouse=True)

@@ -11,9 +11,9 @@ import pytest
 import tensorflow as tf
 
 from helpers import small_config
-from mnist_dist import export
-from mnist_dist import models
-from mnist_dist import strategy as strategy_lib
+from mnist_dist.outputs import export
+from mnist_dist.modeling import models
+from mnist_dist.distribution import strategy as strategy_lib
 
 # Run by a fresh interpreter: TensorFlow alone, as a server or a user would.
 _LOAD_AND_PREDICT = """

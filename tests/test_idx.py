@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from helpers import write_idx
-from mnist_dist import errors
-from mnist_dist import idx
+from mnist_dist.base import errors
+from mnist_dist.data import idx
 
 
 def test_reads_the_real_mnist(mnist_dir):

@@ -10,8 +10,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from helpers import small_config
-from mnist_dist import errors
-from mnist_dist import input_pipeline
+from mnist_dist.base import errors
+from mnist_dist.data import input_pipeline
 
 
 def _indexed_split(num_examples):

@@ -23,8 +23,8 @@ from helpers import run_main
 from helpers import slow_after
 from helpers import start_main
 from helpers import write_idx
-from mnist_dist import idx
-from mnist_dist import console
+from mnist_dist.data import idx
+from mnist_dist.base import console
 
 
 @pytest.mark.slow
@@ -146,9 +146,9 @@ def _run(*args, **env) -> subprocess.CompletedProcess:
 
 # Modules a run imports only for an output or a source that uses them.
 _UNUSED_WHEN_OFF = ('matplotlib', 'PIL', 'IPython', 'ai_edge_litert',
-                    'tensorflow_datasets', 'mnist_dist.plots',
-                    'mnist_dist.litert', 'mnist_dist.export',
-                    'mnist_dist.summaries', 'mnist_dist.images')
+                    'tensorflow_datasets', 'mnist_dist.outputs.plots',
+                    'mnist_dist.outputs.litert', 'mnist_dist.outputs.export',
+                    'mnist_dist.outputs.summaries', 'mnist_dist.tools.images')
 # `python -m mnist_dist.main ARGS` that prints, as it exits, which of those
 # were imported.
 _MAIN_REPORTING_MODULES = f"""

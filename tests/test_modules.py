@@ -1,5 +1,6 @@
-"""The package's module graph: one way, errors a leaf, the controller free
-of outputs. Read from the source, every import statement (inside functions
+"""The package's module graph: one way, between modules and between the
+folders that hold them; the base a floor of its own, the controller free of
+outputs. Read from the source, every import statement (inside functions
 too), so a cycle hidden in a function body fails here, not at a user's."""
 
 import ast
@@ -9,31 +10,62 @@ import pytest
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(__file__)),
                        'mnist_dist')
-# What the controller reaches only through `outputs` and `actions`.
-OUTPUT_MODULES = {'metrics_file', 'tuning', 'summaries', 'export', 'litert',
-                  'plots'}
+# The parts, each a folder; '' is the training core at the top.
+PARTS = ('', 'base', 'data', 'distribution', 'modeling', 'outputs', 'tools')
+# The top's commands, above everything: the trainer's, and the `python -m`
+# doors to the tools'.
+ENTRY_POINTS = ('main', 'predict', 'selftest')
 
 
-def _imports(module: str) -> set[str]:
-  """The mnist_dist modules that mnist_dist/MODULE.py imports, anywhere."""
-  with open(os.path.join(PACKAGE, module + '.py')) as f:
+def _modules() -> dict[str, str]:
+  """{'part.module' (or 'module' for the core): its file}."""
+  found = {}
+  for part in PARTS:
+    folder = os.path.join(PACKAGE, part)
+    for name in os.listdir(folder):
+      if name.endswith('.py') and name != '__init__.py':
+        found[f'{part}.{name[:-3]}'.lstrip('.')] = os.path.join(folder, name)
+  return found
+
+
+def _imports(path: str) -> set[str]:
+  """The mnist_dist modules that the file at path imports, anywhere."""
+  with open(path) as f:
     tree = ast.parse(f.read())
   imported = set()
   for node in ast.walk(tree):
-    if isinstance(node, ast.ImportFrom) and node.module:
-      if node.module == 'mnist_dist':  # from mnist_dist import x
-        imported |= {alias.name for alias in node.names}
-      elif node.module.startswith('mnist_dist.'):  # from mnist_dist.x import y
-        imported.add(node.module.split('.')[1])
+    if isinstance(node, ast.ImportFrom) and node.module and (
+        node.module == 'mnist_dist' or node.module.startswith('mnist_dist.')):
+      prefix = node.module[len('mnist_dist.'):]
+      if prefix in PARTS or node.module == 'mnist_dist':
+        # from mnist_dist[.part] import module
+        imported |= {f'{prefix}.{alias.name}'.lstrip('.')
+                     for alias in node.names}
+      else:  # from mnist_dist.part.module import name
+        imported.add(prefix)
     elif isinstance(node, ast.Import):
-      imported |= {alias.name.split('.')[1] for alias in node.names
+      imported |= {alias.name[len('mnist_dist.'):] for alias in node.names
                    if alias.name.startswith('mnist_dist.')}
   return imported
 
 
 def _graph() -> dict[str, set[str]]:
-  return {name[:-3]: _imports(name[:-3]) for name in os.listdir(PACKAGE)
-          if name.endswith('.py') and name != '__init__.py'}
+  return {module: _imports(path) for module, path in _modules().items()}
+
+
+def _part(module: str) -> str:
+  if module in ENTRY_POINTS:
+    return 'entry'
+  return module.split('.')[0] if '.' in module else 'core'
+
+
+def _folder_graph() -> dict[str, set[str]]:
+  """{part: the parts its modules import}, a part's own imports left out."""
+  graph = {}
+  for module, imported in _graph().items():
+    graph.setdefault(_part(module), set()).update(
+        _part(other) for other in imported if _part(other) != _part(module))
+  return graph
 
 
 def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -61,8 +93,18 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
   return None
 
 
+def test_every_import_names_a_module_that_exists():
+  modules = set(_modules())
+  for module, imported in _graph().items():
+    assert imported <= modules, module
+
+
 def test_the_module_graph_has_no_cycle():
   assert _cycle(_graph()) is None
+
+
+def test_the_folders_import_each_other_one_way():
+  assert _cycle(_folder_graph()) is None
 
 
 def test_a_cycle_would_be_found():
@@ -71,10 +113,15 @@ def test_a_cycle_would_be_found():
       'a', 'b', 'c', 'a']
 
 
+def test_the_base_imports_no_other_part():
+  assert _folder_graph()['base'] == set()
+
+
 def test_errors_is_a_leaf():
-  assert _imports('errors') == set()
+  assert _imports(_modules()['base.errors']) == set()
 
 
 @pytest.mark.parametrize('module', ['train', 'steps', 'trainable'])
-def test_the_training_modules_import_no_output(module):
-  assert not _imports(module) & OUTPUT_MODULES
+def test_the_training_modules_import_no_output_but_the_actions(module):
+  outputs = {m for m in _imports(_modules()[module]) if _part(m) == 'outputs'}
+  assert outputs <= {'outputs.actions', 'outputs.from_config'}

@@ -4,7 +4,7 @@ import pytest
 
 from helpers import load_config
 from mnist_dist import config as config_lib
-from mnist_dist import optimizers
+from mnist_dist.modeling import optimizers
 
 
 @pytest.mark.parametrize('config_file,lr0,rate', [

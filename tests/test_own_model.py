@@ -15,10 +15,10 @@ from helpers import ROOT
 from helpers import finished_state
 from helpers import small_config
 from mnist_dist import config as config_lib
-from mnist_dist import errors
-from mnist_dist import export
-from mnist_dist import litert
-from mnist_dist import models
+from mnist_dist.base import errors
+from mnist_dist.outputs import export
+from mnist_dist.outputs import litert
+from mnist_dist.modeling import models
 
 THIS = 'test_own_model'
 

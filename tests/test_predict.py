@@ -21,13 +21,13 @@ from helpers import ROOT
 from helpers import assert_refused
 from helpers import load_config
 from helpers import small_config
-from mnist_dist import errors
-from mnist_dist import export
-from mnist_dist import idx
-from mnist_dist import images
-from mnist_dist import litert
-from mnist_dist import models
-from mnist_dist import predict
+from mnist_dist.base import errors
+from mnist_dist.outputs import export
+from mnist_dist.data import idx
+from mnist_dist.tools import images
+from mnist_dist.outputs import litert
+from mnist_dist.modeling import models
+from mnist_dist.tools import predict
 from mnist_dist import train
 
 
@@ -245,7 +245,7 @@ def test_each_file_gets_an_answer_or_its_own_error_line(export_dir,
   readable, refused = hostile_files
   given = sorted([*readable, *refused])  # Mixed: good and bad alternate.
   process = subprocess.run(
-      [sys.executable, '-m', 'mnist_dist.predict', f'--model={export_dir}',
+      [sys.executable, '-m', 'mnist_dist.tools.predict', f'--model={export_dir}',
        *given], cwd=ROOT, capture_output=True, text=True, timeout=300,
       check=False)
   assert process.returncode == errors.EXIT_FAILED
@@ -319,7 +319,8 @@ def test_a_huge_jpeg_is_decoded_at_a_reduced_scale(hostile_files):
 # VmHWM, reset after the imports) is what reading the files took.
 _READ_AND_MEASURE = """
 import json, re, sys, time
-from mnist_dist import images, predict
+from mnist_dist.tools import images
+from mnist_dist.tools import predict
 def status_bytes(field):
   with open('/proc/self/status') as f:
     return int(re.search(field + r':\\s+(\\d+) kB', f.read())[1]) * 1024
@@ -395,7 +396,7 @@ def test_an_unreachable_remote_image_or_model_is_one_line(export_dir,
   three = _write_images(tmp_path)['three.png']
   remote = 'gs://mnist-dist-no-such-bucket/three.png'
   process = subprocess.run(
-      [sys.executable, '-m', 'mnist_dist.predict', f'--model={export_dir}',
+      [sys.executable, '-m', 'mnist_dist.tools.predict', f'--model={export_dir}',
        remote, three],
       cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
   error = assert_refused(process, code=errors.EXIT_FAILED,
@@ -405,7 +406,7 @@ def test_an_unreachable_remote_image_or_model_is_one_line(export_dir,
              for cause in _REMOTE_CAUSES), error
   assert process.stdout.startswith(f'{three}: ')  # The others are answered.
   model = subprocess.run(
-      [sys.executable, '-m', 'mnist_dist.predict',
+      [sys.executable, '-m', 'mnist_dist.tools.predict',
        '--model=gs://mnist-dist-no-such-bucket/export', three],
       cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
   assert_refused(model, code=errors.EXIT_FAILED,
@@ -452,7 +453,7 @@ def test_a_trained_model_reads_printed_digits_in_each_format(tmp_path,
   exported = {}
   for quantize in ('none', 'int8'):
     process = subprocess.run(
-        [sys.executable, '-m', 'mnist_dist.litert', workdir, '--format=litert',
+        [sys.executable, '-m', 'mnist_dist.outputs.litert', workdir, '--format=litert',
          f'--quantize={quantize}'], cwd=ROOT, capture_output=True, text=True,
         timeout=300, check=False)
     assert process.returncode == 0, process.stderr[-3000:]
@@ -478,7 +479,7 @@ def test_a_trained_model_reads_printed_digits_in_each_format(tmp_path,
   answers = {}
   for model in ('export', 'export/model.tflite', 'export/model_int8.tflite'):
     process = subprocess.run(
-        [sys.executable, '-m', 'mnist_dist.predict',
+        [sys.executable, '-m', 'mnist_dist.tools.predict',
          f'--model={os.path.join(workdir, model)}', *names], cwd=tmp_path,
         capture_output=True, text=True, timeout=300, check=False)
     assert process.returncode == 0, process.stderr[-3000:]

@@ -9,8 +9,8 @@ import pytest
 
 from helpers import small_config
 from mnist_dist import config as config_lib
-from mnist_dist import errors
-from mnist_dist import profiling
+from mnist_dist.base import errors
+from mnist_dist.outputs import profiling
 from mnist_dist import train
 
 

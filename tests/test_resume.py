@@ -15,10 +15,10 @@ from helpers import finished_state
 from helpers import run_main
 from helpers import small_config
 from helpers import start_main
-from mnist_dist import errors
+from mnist_dist.base import errors
 from mnist_dist import steps
 from mnist_dist import train
-from mnist_dist import workdir as workdir_lib
+from mnist_dist.base import workdir as workdir_lib
 
 # dense_dropout: dropout makes the random state part of what must resume.
 _RUN_FLAGS = ('--config=configs/dense_dropout.py', '--config.data.source=synthetic',

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from helpers import small_config
 from mnist_dist import steps
-from mnist_dist import strategy as strategy_lib
+from mnist_dist.distribution import strategy as strategy_lib
 from mnist_dist import trainable
 
 
@@ -39,22 +39,22 @@ def _float16_run(cpu_devices, *, images, labels, initial_scale):
   # process, as TensorFlow's collectives need.
   strategy = strategy_lib.create_strategy(config.distribution)
   keras.utils.set_random_seed(0)
-  trained = trainable.build_model(
+  learner = trainable.build_model(
       config, strategy=strategy, steps_per_epoch=len(labels) // BATCH,
       settings=strategy_lib.DeviceSettings(
           precision='mixed_float16', jit_compile=False, steps_per_loop=1))
-  trained.optimizer.dynamic_scale.assign(initial_scale)
+  learner.optimizer.dynamic_scale.assign(initial_scale)
   loop = steps.make_train_loop(
       strategy=strategy, train_step=steps.make_train_step(
-          model=trained.model, optimizer=trained.optimizer,
+          model=learner.model, optimizer=learner.optimizer,
           global_batch_size=BATCH, jit_compile=False),
       stop_on_nonfinite=False)
   batches = tf.data.Dataset.from_tensor_slices((images, labels)).batch(BATCH)
   loop(iter(strategy.experimental_distribute_dataset(batches)),
        tf.constant(len(labels) // BATCH))
   keras.mixed_precision.set_global_policy('float32')
-  return ([np.asarray(w) for w in trained.model.get_weights()],
-          float(trained.optimizer.dynamic_scale.numpy()))
+  return ([np.asarray(w) for w in learner.model.get_weights()],
+          float(learner.optimizer.dynamic_scale.numpy()))
 
 
 BATCH = 32

@@ -10,7 +10,7 @@ from helpers import ROOT
 from helpers import assert_refused
 from helpers import run_main
 from mnist_dist import config as config_lib
-from mnist_dist import strategy as strategy_lib
+from mnist_dist.distribution import strategy as strategy_lib
 
 
 @pytest.mark.parametrize('kind,precision,jit,steps_per_loop', [
@@ -110,7 +110,7 @@ os.environ['TF_CONFIG'] = json.dumps({
     'task': {'type': 'worker', 'index': 0}})
 from tensorflow.python.eager import context
 from mnist_dist import config as config_lib
-from mnist_dist import strategy as strategy_lib
+from mnist_dist.distribution import strategy as strategy_lib
 distribution = config_lib.default_config().distribution
 distribution.strategy = 'multi_worker_mirrored'
 distribution.heartbeat_timeout_s, distribution.join_timeout_s = (

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from helpers import small_config
-from mnist_dist import summaries
+from mnist_dist.outputs import summaries
 
 
 def _read_events(run_dir):

@@ -18,9 +18,9 @@ from helpers import ROOT
 from helpers import assert_refused
 from helpers import run_main
 from helpers import small_config
-from mnist_dist import errors
-from mnist_dist import idx
-from mnist_dist import input_pipeline
+from mnist_dist.base import errors
+from mnist_dist.data import idx
+from mnist_dist.data import input_pipeline
 
 # The md5 of each uncompressed file, as MNIST publishes them (and
 # ../shared/mnist/README.md lists them).

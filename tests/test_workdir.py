@@ -18,12 +18,12 @@ from helpers import checkpoint_variables
 from helpers import run_main
 from helpers import small_config
 from helpers import start_main
-from mnist_dist import errors
-from mnist_dist import metrics_file
+from mnist_dist.base import errors
+from mnist_dist.outputs import metrics_file
 from mnist_dist import steps
 from mnist_dist import train
 from mnist_dist import trainable
-from mnist_dist import workdir as workdir_lib
+from mnist_dist.base import workdir as workdir_lib
 
 _SMALL = ('--config=configs/dense.py', '--config.data.source=synthetic',
           '--config.data.synthetic_train_examples=1024',

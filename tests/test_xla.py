@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from helpers import small_config
 from mnist_dist import steps
-from mnist_dist import strategy as strategy_lib
+from mnist_dist.distribution import strategy as strategy_lib
 from mnist_dist import trainable
 
 BATCH = 16
@@ -81,14 +81,14 @@ def _build(config, strategy):
           jit_compile=False, steps_per_loop=NUM_STEPS))
 
 
-def _variables(trained):
+def _variables(learner):
   """{(kind, position): value} of the model's variables and their averages
   (by position: layer names differ from one build to the next)."""
   variables = {('model', i): v.numpy()
-               for i, v in enumerate(trained.model.variables)}
-  if trained.average:
+               for i, v in enumerate(learner.model.variables)}
+  if learner.average:
     variables.update({('average', i): a.numpy()
-                      for i, a in enumerate(trained.average.averages)})
+                      for i, a in enumerate(learner.average.averages)})
   return variables
 
 
@@ -96,13 +96,13 @@ def _train(case, *, whole_step_xla):
   """(Totals, {name: how much it moved}) of NUM_STEPS steps."""
   config = _config(case)
   strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
-  trained = _build(config, strategy)
-  initial = _variables(trained)
+  learner = _build(config, strategy)
+  initial = _variables(learner)
   train_step = steps.make_train_step(
-      model=trained.model, optimizer=trained.optimizer,
+      model=learner.model, optimizer=learner.optimizer,
       global_batch_size=BATCH, jit_compile=False,
       label_smoothing=config.train.label_smoothing,
-      weight_average=trained.average,
+      weight_average=learner.average,
       accumulation_steps=config.train.accumulation_steps)
   if whole_step_xla:
     train_step = tf.function(train_step, jit_compile=True)
@@ -115,16 +115,16 @@ def _train(case, *, whole_step_xla):
     poisoned = set()
   else:  # The last step's loss is NaN: a NaN bias (the images are uint8).
     totals = loop(iterator, tf.constant(NUM_STEPS - 1)).numpy()
-    bias = trained.model.layers[-1].bias
+    bias = learner.model.layers[-1].bias
     kept = bias.numpy()
     bias.assign(np.full_like(kept, np.nan))
     totals = totals.plus(loop(iterator, tf.constant(1)).numpy())
     bias.assign(kept)  # The skipped step left it NaN, and its average too.
     # The bias is the last variable, of the model and of the floating ones.
-    poisoned = {('model', len(trained.model.variables) - 1),
-                ('average', len(initial) - len(trained.model.variables) - 1)}
+    poisoned = {('model', len(learner.model.variables) - 1),
+                ('average', len(initial) - len(learner.model.variables) - 1)}
   return totals, {name: value - initial[name]
-                  for name, value in _variables(trained).items()
+                  for name, value in _variables(learner).items()
                   if name not in poisoned}
 
 
@@ -174,8 +174,8 @@ def test_eval_step_compiles_and_agrees_without_xla(precision):
   config = _config('plain')
   config.train.precision = precision
   strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
-  trained = _build(config, strategy)
-  eval_step = steps.make_eval_step(model=trained.model)
+  learner = _build(config, strategy)
+  eval_step = steps.make_eval_step(model=learner.model)
   rng = np.random.default_rng(1)
   images = rng.integers(0, 256, (3 * BATCH, 28, 28)).astype(np.uint8)
   labels = rng.integers(0, 10, 3 * BATCH).astype(np.int32)
@@ -206,18 +206,18 @@ def _op_types(concrete_function):
 def test_the_loops_hold_nothing_that_runs_on_the_host_only():
   config = _config('all_but_adam')
   strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
-  trained = _build(config, strategy)
+  learner = _build(config, strategy)
   train_loop = steps.make_train_loop(
       strategy=strategy, train_step=steps.make_train_step(
-          model=trained.model, optimizer=trained.optimizer,
+          model=learner.model, optimizer=learner.optimizer,
           global_batch_size=BATCH, jit_compile=False, label_smoothing=0.1,
-          weight_average=trained.average),
+          weight_average=learner.average),
       stop_on_nonfinite=False)
   iterator = iter(strategy.experimental_distribute_dataset(_batches()))
   train_ops = _op_types(train_loop.get_concrete_function(
       iterator, tf.constant(1)))
   eval_loop = steps.make_eval_loop(
-      strategy=strategy, eval_step=steps.make_eval_step(model=trained.model))
+      strategy=strategy, eval_step=steps.make_eval_step(model=learner.model))
   eval_iterator = iter(strategy.experimental_distribute_dataset(
       tf.data.Dataset.from_tensors((tf.zeros([BATCH, 28, 28], tf.uint8),
                                     tf.zeros([BATCH], tf.int32),

@@ -17,8 +17,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mnist_dist import actions
-from mnist_dist import workdir as workdir_lib
+from mnist_dist.outputs import actions
+from mnist_dist.base import workdir as workdir_lib
 
 SIGNATURE = 'serving_default'
 

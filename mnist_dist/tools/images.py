@@ -29,7 +29,7 @@ from PIL import ImageOps
 from PIL import UnidentifiedImageError
 import tensorflow as tf
 
-from mnist_dist import paths
+from mnist_dist.base import paths
 
 MAX_FILE_BYTES = 64 * 2**20
 # A 50-megapixel phone photo (8160x6120) passes.

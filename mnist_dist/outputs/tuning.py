@@ -6,8 +6,8 @@ import time
 
 import tensorflow as tf
 
-from mnist_dist import actions
-from mnist_dist import metrics_file
+from mnist_dist.outputs import actions
+from mnist_dist.outputs import metrics_file
 
 
 # The service sets it in a trial's environment.

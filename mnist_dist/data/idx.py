@@ -13,8 +13,8 @@ import struct
 import numpy as np
 import tensorflow as tf
 
-from mnist_dist import paths
-from mnist_dist.errors import DataError
+from mnist_dist.base import paths
+from mnist_dist.base.errors import DataError
 
 IMAGES_MAGIC = 2051  # 0x00000803: uint8, 3 dimensions.
 LABELS_MAGIC = 2049  # 0x00000801: uint8, 1 dimension.

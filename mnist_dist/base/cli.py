@@ -13,7 +13,7 @@ from typing import Callable, NoReturn
 
 from absl import app
 
-from mnist_dist import errors
+from mnist_dist.base import errors
 
 # The trainer's config when --config is not given: the codelab's best model.
 DEFAULT_CONFIG_NAME = 'conv_bn'

@@ -13,8 +13,8 @@ import os
 from absl import logging
 import tensorflow as tf
 
-from mnist_dist import hardware
-from mnist_dist.errors import ConfigError
+from mnist_dist.distribution import hardware
+from mnist_dist.base.errors import ConfigError
 
 
 def _tpu_host() -> bool:

@@ -14,8 +14,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from mnist_dist import actions
-from mnist_dist import workdir as workdir_lib
+from mnist_dist.outputs import actions
+from mnist_dist.base import workdir as workdir_lib
 
 
 class Summaries:

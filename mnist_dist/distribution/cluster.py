@@ -41,7 +41,7 @@ from typing import Callable
 
 import tensorflow as tf
 
-from mnist_dist.errors import WorkerLost
+from mnist_dist.base.errors import WorkerLost
 
 SUM = tf.distribute.ReduceOp.SUM
 
@@ -121,7 +121,7 @@ def _tf_config_cluster(distribution_config):
 
 
 @dataclasses.dataclass
-class Progress:
+class Whereabouts:
   """How far this worker got: what the line of a lost peer says."""
   formed: bool = False  # The cluster formed: the strategy was created.
   # The last step trained (or restored); None before the run is built.
@@ -132,25 +132,25 @@ class Progress:
 def peer_failures(distribution_config, *, checkpoint_dir: str):
   """Turns a failure over a lost peer, wherever it strikes, into WorkerLost.
 
-  Yields a Progress for the caller to keep up to date. Around everything a
+  Yields a Whereabouts for the caller to keep up to date. Around everything a
   worker does with the cluster: joining it (creating the strategy), the
   variables' first broadcast, training, evaluation, checkpoints, the export.
   checkpoint_dir: the chief's checkpoints, whose newest the message names.
   Only multi-worker runs: in one process these errors are bugs, not peers.
   """
-  progress = Progress()
+  whereabouts = Whereabouts()
   cluster, own = _tf_config_cluster(distribution_config)
   if not cluster:
-    yield progress
+    yield whereabouts
     return
   try:
-    yield progress
+    yield whereabouts
   except _PEER_ERRORS as e:
     peer = _peer_name(str(e), cluster, own=own)
     latest = tf.train.latest_checkpoint(checkpoint_dir)
-    if not progress.formed:
+    if not whereabouts.formed:
       raise WorkerLost.before_forming(peer, latest) from e
-    raise WorkerLost(peer, progress.step_of and progress.step_of(),
+    raise WorkerLost(peer, whereabouts.step_of and whereabouts.step_of(),
                      latest) from e
 
 

@@ -19,8 +19,8 @@ round trips per loop call).
 from absl import logging
 import tensorflow as tf
 
-from mnist_dist import actions
-from mnist_dist import workdir as workdir_lib
+from mnist_dist.outputs import actions
+from mnist_dist.base import workdir as workdir_lib
 
 
 def parse_steps(text: str) -> tuple[int, int] | None:

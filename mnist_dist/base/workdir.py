@@ -27,8 +27,8 @@ from absl import logging
 import ml_collections
 import tensorflow as tf
 
-from mnist_dist import paths
-from mnist_dist.errors import WorkdirError
+from mnist_dist.base import paths
+from mnist_dist.base.errors import WorkdirError
 
 CONFIG = 'config.json'
 CHECKPOINTS = 'checkpoints'
@@ -132,7 +132,7 @@ def check_and_record_config(config, workdir: str, *, write: bool) -> None:
   """Refuses a workdir whose earlier run had other run-defining values.
 
   Writes WORKDIR/config.json (the chief only, `write`), so that the next
-  start, and `python -m mnist_dist.plots`, know what this run was.
+  start, and `python -m mnist_dist.outputs.plots`, know what this run was.
   """
   if tf.io.gfile.exists(path(workdir, CONFIG)):
     previous = _read_json(workdir)

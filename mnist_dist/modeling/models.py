@@ -23,7 +23,7 @@ import keras
 from keras import layers
 import numpy as np
 
-from mnist_dist.errors import ConfigError
+from mnist_dist.base.errors import ConfigError
 
 NUM_CLASSES = 10
 

@@ -28,11 +28,11 @@ import tensorflow as tf
 # Private, but the one place tf.distribute builds its per-device datasets.
 from tensorflow.python.data.ops import multi_device_iterator_ops
 
-from mnist_dist import augment
-from mnist_dist import downloads
-from mnist_dist import idx
-from mnist_dist.errors import ConfigError
-from mnist_dist.errors import DataError
+from mnist_dist.data import augment
+from mnist_dist.data import downloads
+from mnist_dist.data import idx
+from mnist_dist.base.errors import ConfigError
+from mnist_dist.base.errors import DataError
 
 # Without the autotuner (`_without_autotune`), AUTOTUNE stands for tf.data's
 # fixed defaults instead of tuned values: measured, the same speed

@@ -9,10 +9,10 @@ run carries only what it uses: LiteRT's interpreter comes with `litert`,
 matplotlib with `plots`.
 """
 
-from mnist_dist import actions
-from mnist_dist import metrics_file
-from mnist_dist import profiling
-from mnist_dist import tuning
+from mnist_dist.outputs import actions
+from mnist_dist.outputs import metrics_file
+from mnist_dist.outputs import profiling
+from mnist_dist.outputs import tuning
 
 
 def _optional(outputs_config) -> list[actions.Action]:
@@ -20,18 +20,18 @@ def _optional(outputs_config) -> list[actions.Action]:
   if its output is on."""
   chosen = []
   if outputs_config.tensorboard:
-    from mnist_dist import summaries
+    from mnist_dist.outputs import summaries
     chosen.append(summaries.TensorBoard())
   if outputs_config.saved_model:
-    from mnist_dist import export
+    from mnist_dist.outputs import export
     chosen.append(export.SavedModel())
   if outputs_config.litert or outputs_config.litert_int8:
-    from mnist_dist import litert
+    from mnist_dist.outputs import litert
     chosen += [litert.LiteRT(quantize=quantize) for quantize, on in (
         ('none', outputs_config.litert),
         ('int8', outputs_config.litert_int8)) if on]
   if outputs_config.plots:
-    from mnist_dist import plots
+    from mnist_dist.outputs import plots
     chosen.append(plots.Plots())
   return chosen
 

@@ -1,0 +1,2 @@
+"""What is trained: the models, the optimizers and their learning-rate
+schedules, and the weight average."""
