@@ -26,7 +26,9 @@ from ml_collections import config_flags
 import tensorflow as tf
 
 from benchmarks import runner
+from mnist_dist import config as config_lib
 from mnist_dist import train
+from mnist_dist.distribution import strategy as strategy_lib
 
 config_flags.DEFINE_config_file('a', None, 'Config A, of configs/.')
 config_flags.DEFINE_config_file('b', None, 'Config B (the lever).')
@@ -49,7 +51,10 @@ def _timed_loop(config, workdir: str):
   config.outputs.tensorboard = False
   config.outputs.saved_model = False
   config.outputs.plots = False
-  run = train.build_run(config, workdir)
+  config_lib.validate(config)
+  run = train.build_run(
+      config, workdir, chief=True,
+      strategy=strategy_lib.create_strategy(config.distribution))
   state = train.resume(run)
 
   def examples_per_s(num_steps: int) -> float:

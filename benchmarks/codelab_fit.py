@@ -8,11 +8,14 @@ decoded, cached, shuffled with a 5000 buffer, repeated, batched and
 prefetched; Keras compile() with one-hot labels and categorical cross-entropy;
 fit() for 60000 // batch steps an epoch with a LearningRateScheduler callback
 giving lr0 * rate**epoch; the test set as validation data. The model is
-mnist_dist's own (models.create_model), so both sides train the same network:
-what differs is the input pipeline and the training loop. Writes one JSON line
-per epoch to --out: epoch, wall_time (unix seconds at the epoch's end),
-train_s (the epoch's training time, without validation), examples_per_s and,
-with --validate, eval_accuracy.
+mnist_dist's own (models.create_model) behind the trainer's scaling
+(models.model_input), so that fit() too moves uint8 batches and scales them
+in its compiled step, where the codelab scales each image on the host: both
+sides train the same network from the same transfers, and what differs is
+the input pipeline and the training loop. Writes one JSON line per epoch to
+--out: epoch, wall_time (unix seconds at the epoch's end), train_s (the
+epoch's training time, without validation), examples_per_s and, with
+--validate, eval_accuracy.
 """
 
 import json
@@ -93,7 +96,10 @@ def main(argv):
            .shuffle(5000, reshuffle_each_iteration=True).repeat()
            .batch(batch, drop_remainder=True).prefetch(-1))
   test = codelab_dataset(runner.DATA_DIR.value, 'test').cache().batch(10000)
-  model = models.create_model(config.model)
+  images = keras.Input((28, 28), dtype='uint8')
+  model = keras.Model(images,
+                      models.create_model(config.model)(
+                          models.model_input(images)))
   optimizer = optimizers.OPTIMIZERS[config.optimizer.name]
   model.compile(optimizer=optimizer(config.optimizer.learning_rate),
                 loss=keras.losses.CategoricalCrossentropy(from_logits=True),

@@ -34,7 +34,8 @@ def train_flops_per_example(model_config: ml_collections.ConfigDict, *,
   """FLOPs of one training step of model_config's model, per example.
 
   Traced (not run) at batch_size, with training=True (dropout, batch
-  statistics), in float32: the count is the same in every precision.
+  statistics), in float32: the count is the same in every precision. From
+  uint8 images, as the trainer's step: their scaling is counted too.
   """
   policy = keras.mixed_precision.global_policy()
   keras.mixed_precision.set_global_policy('float32')
@@ -46,7 +47,7 @@ def train_flops_per_example(model_config: ml_collections.ConfigDict, *,
   @tf.function
   def forward_backward(images, labels):
     with tf.GradientTape() as tape:
-      logits = model(images, training=True)
+      logits = model(models.model_input(images), training=True)
       loss = tf.reduce_mean(
           tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
     return tape.gradient(loss, model.trainable_variables)

@@ -18,8 +18,8 @@ from absl import app
 from absl import flags
 
 from benchmarks import runner
-from mnist_dist.outputs import litert
 from mnist_dist.base import workdir as workdir_lib
+from mnist_dist.outputs import litert
 
 _WORKDIR = flags.DEFINE_string('workdir', '/tmp/litert',
                                'One subfolder per config goes here.')

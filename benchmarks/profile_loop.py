@@ -43,8 +43,10 @@ import tensorflow as tf
 from tensorflow.python.profiler.internal import _pywrap_profiler_plugin
 
 from benchmarks import runner
-from mnist_dist.data import input_pipeline
+from mnist_dist import config as config_lib
 from mnist_dist import train
+from mnist_dist.data import input_pipeline
+from mnist_dist.distribution import strategy as strategy_lib
 
 config_flags.DEFINE_config_file('config', None, 'A config of configs/.')
 _STEPS = flags.DEFINE_integer('steps', 300, 'Steps timed per measurement.')
@@ -128,7 +130,10 @@ def main(argv):
   config.outputs.saved_model = False
   config.outputs.plots = False
   with tempfile.TemporaryDirectory() as workdir:
-    run = train.build_run(config, workdir)
+    config_lib.validate(config)
+    run = train.build_run(
+        config, workdir, chief=True,
+        strategy=strategy_lib.create_strategy(config.distribution))
     trace_s, timings, ops = _profile(run)
   settings = run.settings
   print(f'{config.model.name}, global batch {config.train.global_batch_size}, '

@@ -19,9 +19,9 @@ import time
 from absl import flags
 import tensorflow as tf
 
+from mnist_dist.base import workdir as workdir_lib
 from mnist_dist.distribution import hardware
 from mnist_dist.outputs import metrics_file
-from mnist_dist.base import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The codelab's ladder of models, from a 1-layer softmax net to conv + batch
@@ -96,11 +96,11 @@ def run_codelab_fit(config: str, out_file: str,
 
   fit_flags: its flags and --config.a.b=value overrides, after --data_dir.
   Returns the process and its records, one per epoch. It runs with
-  TensorFlow's default CPU allocator, as the codelab does: importing
-  mnist_dist (for the model and the IDX reader) would switch it to the
-  trainer's (mnist_dist/__init__.py). The kernels it keeps from that import
-  (oneDNN's, where TensorFlow would pick Eigen's): the comparison is of the
-  loops on the same kernels, and the kernels' own lever is a --variant.
+  TensorFlow's default CPU allocator, as the codelab does, where the
+  benchmarks' environment (benchmarks/__init__.py) would give it the
+  trainer's. It keeps the trainer's kernels (oneDNN's, where TensorFlow
+  would pick Eigen's): the comparison is of the loops on the same kernels,
+  and the kernels' own lever is a --variant.
   """
   if os.path.exists(out_file):
     os.remove(out_file)

@@ -20,7 +20,7 @@ For each config, in one run and on the same machine: the codelab recipe
 (benchmarks/codelab_fit.py, with TensorFlow's default CPU allocator, as the
 codelab runs, on oneDNN's kernels as the trainer) and this trainer with its
 defaults (python -m mnist_dist.main, with the BFC allocator and oneDNN's
-kernels: mnist_dist/__init__.py), then with each --variant, each in a fresh
+kernels: console.TF_ENVIRONMENT), then with each --variant, each in a fresh
 process training 2 epochs on the real MNIST with the config's global batch.
 The second epoch's training examples/s is compared (the first pays for
 tracing and warm-up; evaluation is not timed).
@@ -47,8 +47,8 @@ from absl import flags
 
 from benchmarks import flops
 from benchmarks import runner
-from mnist_dist.tools import matmul
 from mnist_dist.base import workdir as workdir_lib
+from mnist_dist.tools import matmul
 
 _OUT = flags.DEFINE_string('out', '/tmp/throughput', 'Output folder.')
 _CONFIGS = flags.DEFINE_list('configs', list(runner.LADDER),

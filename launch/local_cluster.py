@@ -29,7 +29,8 @@ A supervisor, as torchrun is for PyTorch:
   there) are killed at once, so a loss at start-up ends in seconds; those
   training get --grace_s to notice the loss themselves and exit 76 with the
   last good checkpoint, then are killed. A worker tells which it is in a file
-  named by $MNIST_DIST_PHASE_FILE (`mnist_dist.distribution.cluster.report_phase`).
+  named by $MNIST_DIST_PHASE_FILE
+  (`mnist_dist.distribution.cluster.report_phase`).
 - --max_restarts=N relaunches the whole cluster, up to N times, after an
   outcome of 75 or 76 this launcher was not asked for, so a run survives lost
   and preempted workers unattended; each relaunch resumes from the chief's
@@ -60,7 +61,8 @@ from absl import flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # The checkout's mnist_dist, which the workers run.
-from mnist_dist.base import errors  # pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable-next=g-import-not-at-top,wrong-import-position
+from mnist_dist.base import errors
 
 _WORKERS = flags.DEFINE_integer('workers', 2, 'Number of worker processes.')
 _GRACE_S = flags.DEFINE_float(

@@ -27,18 +27,11 @@ synchronous save:
 
 Why not TensorFlow's own asynchronous checkpoint
 (`tf.train.CheckpointOptions(experimental_enable_async_checkpoint=True)`):
-tensorflow/python/checkpoint/async_checkpoint_helper.py copies the variables
-the same way, and CheckpointManager lists a checkpoint from the writer thread
-once it is written, but its copy of a Keras 3 variable
-(`_copy_trackable_to_cpu` in keras/src/backend/tensorflow/core.py) creates a
-tf.Variable inside a tf.function, so the second save raises "tf.function only
-supports singleton tf.Variables created on the first call" (seen with TF
-2.21 and Keras 3.15; TF 2.17.1's helper is the same); every optimizer
-variable is a Keras variable. Its `sync()` also drops a failed write's
-error, which only the next save or the interpreter's exit raises. This module uses the mechanism that helper is
-built on, a second tf.train.Checkpoint over the same objects whose saver
-writes each variable's host copy in its place (`TrackableSaver._object_map`,
-which TensorFlow keeps for this), with copies it makes itself.
+it cannot save a Keras 3 optimizer, and it drops a failed write's error
+(docs/design.md#checkpoints-that-do-not-stall-training). This module uses
+the mechanism it is built on, a second tf.train.Checkpoint over the same
+objects whose saver writes each variable's host copy in its place
+(`tf_internals.saved_in_place`), with copies it makes itself.
 """
 
 import concurrent.futures
@@ -49,26 +42,16 @@ import time
 from absl import logging
 import keras
 import tensorflow as tf
-# The identity-keyed dictionary TensorFlow's savers take as an object map:
-# variables are not hashable.
-from tensorflow.python.util import object_identity
 
+from mnist_dist.base import tf_internals
 from mnist_dist.base import workdir as workdir_lib
 from mnist_dist.base.errors import CheckpointError
 
 
-def _saves_tensors(trackable) -> bool:
-  """Whether a checkpoint holds tensors of trackable itself (not only of its
-  children): a class of its own that serializes tensors."""
-  base = tf.__internal__.tracking.Trackable
-  return any(getattr(type(trackable), method) is not getattr(base, method)
-             for method in ('_serialize_to_tensors',
-                            '_gather_saveables_for_checkpoint'))
-
-
 def _host(variable) -> str:
   """The CPU of the machine that holds variable, where its copy goes."""
-  variable = variable.value if isinstance(variable, keras.Variable) else variable
+  if isinstance(variable, keras.Variable):
+    variable = variable.value
   return tf.DeviceSpec.from_string(variable.device).replace(
       device_type='CPU', device_index=0).to_string()
 
@@ -83,7 +66,8 @@ class _HostCopies:
   def __init__(self, root: tf.train.Checkpoint):
     self._root = root
     self._pairs = None  # [(variable, its copy)] once made.
-    self.object_map = object_identity.ObjectIdentityDictionary()
+    # What root's saves write in place of each variable: its copy.
+    self._in_place = tf_internals.saved_in_place(root)
     self.device = None  # Where the copies are: the writer works there.
 
   def _make(self):
@@ -96,8 +80,8 @@ class _HostCopies:
           copy = tf.Variable(tf.zeros(trackable.shape, trackable.dtype),
                              trainable=False)
         pairs.append((trackable, copy))
-        self.object_map[trackable] = copy
-      elif _saves_tensors(trackable):
+        self._in_place[trackable] = copy
+      elif tf_internals.saves_own_tensors(trackable):
         # It would be written as it is when the writer gets to it, not as it
         # was at the save.
         raise TypeError(f'{trackable!r} is checkpointed but is not a '
@@ -142,7 +126,6 @@ class Checkpointer:
       written.save_counter  # pylint: disable=pointless-statement
       # Created now, by this thread: CheckpointManager counts its saves.
       self._copies = _HostCopies(written)
-      written._saver._object_map = self._copies.object_map  # pylint: disable=protected-access
       self._writer = concurrent.futures.ThreadPoolExecutor(
           max_workers=1, thread_name_prefix='checkpoint-writer')
     self.manager = tf.train.CheckpointManager(written, write_dir,

@@ -5,27 +5,46 @@
 from the command line with `--config.a.b=value`; a key that is not here is
 refused by ml_collections, so a typo never passes silently.
 
-The choices of model.name, optimizer.name, optimizer.schedule, data.source
-and distribution.strategy are listed once, by the modules that build them
-(`models.NAMES`, `optimizers.NAMES`, `optimizers.SCHEDULE_NAMES`,
-`input_pipeline.NAMES`, `strategy.NAMES`); `validate` checks against those
-lists. The lists below are settings no module builds by name. The module
-graph flows one way: this module imports those, none of them imports this.
+A config needs ml_collections only, as flax's and big_vision's do: loading
+one, checking it (`validate`) or printing it imports no TensorFlow. So the
+choices of the keys the builders read are declared here, and each builder
+names the same choices in its own table (`models.BUILDERS`,
+`strategy.FACTORIES`, `optimizers.OPTIMIZERS`, `optimizers.SCHEDULES`,
+`input_pipeline.SOURCES`; tests/test_configs.py holds them equal). A model
+of the user's own (`module:function`) is imported when it is built, not
+here.
 """
 
 import ml_collections
 
-from mnist_dist.data import input_pipeline
-from mnist_dist.modeling import models
-from mnist_dist.modeling import optimizers
-from mnist_dist.outputs import profiling
-from mnist_dist.distribution import strategy
 from mnist_dist.base.errors import ConfigError
 
+# model.name, when not a `module:function` of the user's own.
+MODELS = ('dense_softmax', 'dense', 'dense_dropout', 'conv', 'conv_bn',
+          'conv_bn_deep', 'conv_pool')
+# 'auto': create_strategy picks one of the others for the devices it finds.
+STRATEGIES = ('auto', 'one_device', 'mirrored', 'multi_worker_mirrored',
+              'tpu')
+# 'auto': idx if data.dir is set, else tfds.
+DATA_SOURCES = ('auto', 'idx', 'tfds', 'synthetic')
+OPTIMIZERS = ('sgd', 'adam')
+SCHEDULES = ('exponential', 'cosine')
 PRECISIONS = ('auto', 'float32', 'mixed_bfloat16', 'mixed_float16',
               'mixed_bfloat16_if_native')
 NONFINITE_LOSS = ('stop', 'skip')
 JIT_COMPILE = ('auto', 'on', 'off')
+
+# {key: the values it may take}, in the order `validate` checks them.
+CHOICES = {
+    'model.name': MODELS,
+    'distribution.strategy': STRATEGIES,
+    'data.source': DATA_SOURCES,
+    'optimizer.name': OPTIMIZERS,
+    'optimizer.schedule': SCHEDULES,
+    'train.precision': PRECISIONS,
+    'train.jit_compile': JIT_COMPILE,
+    'train.on_nonfinite_loss': NONFINITE_LOSS,
+}
 
 TRAIN_EXAMPLES = 60_000
 EVAL_EXAMPLES = 10_000
@@ -38,8 +57,8 @@ def default_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   config.model = ml_collections.ConfigDict()
-  # One of models.NAMES, or 'package.module:function' for a model of your
-  # own (mnist_dist/modeling/models.py says what the function returns).
+  # One of MODELS, or 'package.module:function' for a model of your own
+  # (mnist_dist/modeling/models.py says what the function returns).
   config.model.name = 'conv_bn'
   config.model.dropout = 0.3
   # Batch statistics over the global batch instead of each replica's share.
@@ -174,23 +193,6 @@ def default_config() -> ml_collections.ConfigDict:
   return config
 
 
-def _choices() -> dict[str, tuple[str, ...]]:
-  """{key: the values it may take}, in the order `validate` checks them.
-
-  Read from the modules that build each choice.
-  """
-  return {
-      'model.name': models.NAMES,
-      'distribution.strategy': strategy.NAMES,
-      'data.source': input_pipeline.NAMES,
-      'optimizer.name': optimizers.NAMES,
-      'optimizer.schedule': optimizers.SCHEDULE_NAMES,
-      'train.precision': PRECISIONS,
-      'train.jit_compile': JIT_COMPILE,
-      'train.on_nonfinite_loss': NONFINITE_LOSS,
-  }
-
-
 def _value(config, key):
   section, name = key.split('.')
   return config[section][name]
@@ -200,6 +202,19 @@ def _check_choice(value, choices, key):
   if value not in choices:
     raise ConfigError(
         f'{key}={value!r} is not one of: {", ".join(choices)}')
+
+
+def _check_own_model(name: str) -> None:
+  """Refuses a model of the user's not named `package.module:function`.
+
+  Only the form: the module is imported when the model is built
+  (`models.create_model`), which needs TensorFlow.
+  """
+  module_name, _, function_name = name.partition(':')
+  if not (function_name.isidentifier() and all(
+      part.isidentifier() for part in module_name.split('.'))):
+    raise ConfigError(f'model.name={name!r} is neither one of: '
+                      f'{", ".join(MODELS)}, nor package.module:function')
 
 
 def _check_positive(value, key):
@@ -213,9 +228,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   Checks that need the strategy (the batch against the replica count, the
   loop against the epoch) are in `check_against_run`.
   """
-  for key, choices in _choices().items():
-    if key == 'model.name' and models.is_own(config.model.name):
-      models.own_builder(config.model.name)  # Importable, or refused now.
+  for key, choices in CHOICES.items():
+    if key == 'model.name' and ':' in config.model.name:
+      _check_own_model(config.model.name)
       continue
     _check_choice(_value(config, key), choices, key)
   for key in ('train.epochs', 'train.global_batch_size',
@@ -291,10 +306,7 @@ def _check_training_and_outputs(config) -> None:
       config.outputs.saved_model):
     raise ConfigError('outputs.litert and outputs.litert_int8 convert the '
                       'SavedModel: they need outputs.saved_model=True')
-  try:
-    profiling.parse_steps(config.outputs.profile_steps)
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
+  profile_steps(config.outputs)
   if config.distribution.cpu_devices < 0:
     raise ConfigError('distribution.cpu_devices must be >= 0')
   if config.distribution.heartbeat_timeout_s < 0:
@@ -306,6 +318,25 @@ def _check_training_and_outputs(config) -> None:
     raise ConfigError(
         'distribution.cpu_devices is for strategy auto or mirrored, not '
         f'{config.distribution.strategy!r}')
+
+
+def profile_steps(outputs_config) -> tuple[int, int] | None:
+  """outputs.profile_steps 'A,B' (or 'A') as (A, B); '' as None.
+
+  Raises ConfigError for anything else. The one parser of the key: the
+  controller hands the pair to the profiler's action.
+  """
+  text = str(outputs_config.profile_steps)
+  if not text.strip():
+    return None
+  parts = [part.strip() for part in text.split(',')]
+  if len(parts) > 2 or not all(part.isdigit() for part in parts):
+    raise ConfigError(f'outputs.profile_steps={text!r} must be A,B: the first '
+                      'and last step to profile (or empty: off)')
+  first, last = int(parts[0]), int(parts[-1])
+  if not 1 <= first <= last:
+    raise ConfigError(f'outputs.profile_steps={text!r} must have 1 <= A <= B')
+  return first, last
 
 
 def check_against_run(config, *, num_replicas: int,

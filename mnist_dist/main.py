@@ -30,9 +30,9 @@ console.import_tensorflow(sys.argv)  # Before anything else imports it.
 from absl import flags
 from ml_collections import config_flags
 
+from mnist_dist import train
 from mnist_dist.base import cli
 from mnist_dist.base import errors
-from mnist_dist import train
 # pylint: enable=wrong-import-position
 
 # The one table of what a run's end means: each error class and its code.
@@ -41,6 +41,7 @@ EXIT_CODES = {
     errors.DataError: errors.EXIT_BAD_INPUT,
     errors.WorkdirError: errors.EXIT_BAD_INPUT,
     errors.CheckpointError: errors.EXIT_BAD_INPUT,
+    errors.TensorFlowUnsupported: errors.EXIT_BAD_INPUT,
     errors.NonFiniteError: errors.EXIT_NONFINITE,
     errors.Interrupted: errors.EXIT_INTERRUPTED,
     errors.WorkerLost: errors.EXIT_WORKER_LOST,

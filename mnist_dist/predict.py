@@ -1,7 +1,17 @@
-"""`python -m mnist_dist.predict`, as the README and the launchers run it: the
-command lives in mnist_dist/tools/predict.py (`mnist-dist-predict`)."""
+"""`mnist-dist-predict` and `python -m mnist_dist.predict`: the command lives
+in mnist_dist/tools/predict.py, imported once TensorFlow is set up."""
 
-from mnist_dist.tools import predict
+import sys
+
+from mnist_dist.base import console
+
+
+def run():
+  """Console-script entry point."""
+  console.import_tensorflow(sys.argv)  # Before the command's module does.
+  from mnist_dist.tools import predict
+  predict.run()
+
 
 if __name__ == '__main__':
-  predict.run()
+  run()

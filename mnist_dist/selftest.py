@@ -1,7 +1,17 @@
-"""`python -m mnist_dist.selftest`, as the README and the launchers run it: the
-command lives in mnist_dist/tools/selftest.py (`mnist-dist-selftest`)."""
+"""`mnist-dist-selftest` and `python -m mnist_dist.selftest`: the command
+lives in mnist_dist/tools/selftest.py, imported once TensorFlow is set up."""
 
-from mnist_dist.tools import selftest
+import sys
+
+from mnist_dist.base import console
+
+
+def run():
+  """Console-script entry point."""
+  console.import_tensorflow(sys.argv)  # Before the command's module does.
+  from mnist_dist.tools import selftest
+  selftest.run()
+
 
 if __name__ == '__main__':
-  selftest.run()
+  run()

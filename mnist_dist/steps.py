@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from mnist_dist.modeling import averaging
+from mnist_dist.modeling import models
 
 SUM = tf.distribute.ReduceOp.SUM
 
@@ -159,7 +160,7 @@ def _make_forward_backward(*, model, optimizer, global_batch_size: int,
 
   def forward_backward(images, labels):
     with tf.GradientTape() as tape:
-      logits = model(images, training=True)
+      logits = model(models.model_input(images), training=True)
       per_example_loss = _per_example_loss(labels, logits)
       loss = tf.nn.compute_average_loss(
           _smoothed_loss(labels, logits, label_smoothing) if label_smoothing
@@ -182,6 +183,9 @@ def make_train_step(*, model: keras.Model,
                     accumulation_steps: int = 1
                     ) -> Callable[..., tf.Tensor]:
   """Returns train_step(images, labels) -> `example_sums` of the batch.
+
+  images come as uint8, as the input pipeline sends them to the device; the
+  step makes them the model's float input (`models.model_input`).
 
   The per-replica step: `strategy.run` runs it on every replica's batch.
   The loss each replica differentiates is its per-example losses summed and
@@ -243,9 +247,9 @@ def make_train_loop(*, strategy: tf.distribute.Strategy,
 
   # A tf.while_loop written out, traced with autograph off: with it on,
   # autograph rewrites every function the loop calls (the step, the model's
-  # and the optimizer's glue), though none needs it: their `if`s are on
-  # Python values. fast.py's loop took 1.1 to 1.2 s to trace with it, 0.5 s
-  # without, on a 2-core CPU, at every start (docs/performance.md).
+  # and the optimizer's glue) at every start, though none needs it: their
+  # `if`s are on Python values. What it cost, measured:
+  # docs/performance.md#time-to-accuracy-the-mlperf-way.
   @tf.function(autograph=False)
   def train_loop(iterator, num_steps):
     def more(steps, stopped, unused_nonfinite_steps, unused_sums):
@@ -273,11 +277,11 @@ def make_eval_step(*, model: keras.Model) -> Callable[..., tf.Tensor]:
   """Returns eval_step(images, labels, weights) -> `example_sums` of the batch.
 
   The eval batches carry a weight per example, 0 for padding, so the count is
-  exactly the number of real examples.
+  exactly the number of real examples. images: uint8, as for train_step.
   """
 
   def eval_step(images, labels, weights):
-    logits = model(images, training=False)
+    logits = model(models.model_input(images), training=False)
     return example_sums(labels, logits, _per_example_loss(labels, logits),
                         weights)
 

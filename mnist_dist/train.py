@@ -2,7 +2,10 @@
 
 `train_and_evaluate` reads as a run goes:
 
-  run = build_run(config, workdir)       strategy, data, model, loops, actions
+  validate(config)                       once, before anything is built
+  strategy = create_strategy(...)        once, joining the cluster if any
+  run = build_run(config, workdir, strategy=strategy, chief=is_chief(...))
+                                         data, model, loops, actions
   state = resume(run)                    from the latest checkpoint, if any
   while not state.finished:
     train_epoch(run, state, signals)     compiled loops of many steps each
@@ -16,13 +19,12 @@ cluster runs the same steps in the same order, since each loop, evaluation,
 checkpoint and stop vote is a collective; only the chief writes files.
 
 What a run leaves besides checkpoints (metrics.jsonl, TensorBoard, the
-export, ...) is made by actions (`mnist_dist.outputs.actions`): this module calls
-them at fixed points and knows none of them by name.
+export, ...) is made by actions (`mnist_dist.outputs.actions`): this module
+calls them at fixed points and knows none of them by name.
 """
 
 import contextlib
 import dataclasses
-import math
 import time
 from typing import Callable, Sequence
 
@@ -31,20 +33,21 @@ import keras
 import ml_collections
 import tensorflow as tf
 
-from mnist_dist.outputs import actions as actions_lib
 from mnist_dist import checkpoints
-from mnist_dist.distribution import cluster
 from mnist_dist import config as config_lib
-from mnist_dist.base import errors
-from mnist_dist.data import input_pipeline
-from mnist_dist.distribution import interrupts
-from mnist_dist.modeling import optimizers
-from mnist_dist.outputs import from_config as outputs
 from mnist_dist import reporting
 from mnist_dist import steps
-from mnist_dist.distribution import strategy as strategy_lib
 from mnist_dist import trainable
+from mnist_dist.base import errors
 from mnist_dist.base import workdir as workdir_lib
+from mnist_dist.data import input_pipeline
+from mnist_dist.distribution import cluster
+from mnist_dist.distribution import environment
+from mnist_dist.distribution import interrupts
+from mnist_dist.distribution import strategy as strategy_lib
+from mnist_dist.modeling import optimizers
+from mnist_dist.outputs import actions as actions_lib
+from mnist_dist.outputs import from_config as outputs
 
 
 @dataclasses.dataclass
@@ -102,7 +105,8 @@ def train_and_evaluate(
     workdir: where the run keeps its files (`mnist_dist.base.workdir`; local or
       gs://). Starting again with the same workdir resumes.
     actions: outputs of the caller's, run after those config.outputs asks
-      for (`mnist_dist.outputs.actions`): Action objects, or functions of a record.
+      for (`mnist_dist.outputs.actions`): Action objects, or functions of a
+      record.
 
   Returns:
     The trained model (with train.ema_decay, its averaged weights) and the
@@ -117,6 +121,8 @@ def train_and_evaluate(
     errors.WorkerLost: another worker of the cluster is gone.
   """
   config_lib.validate(config)
+  # A Slurm step's or a JobSet pod's cluster, where TensorFlow reads it.
+  environment.describe_cluster_in_tf_config()
   workdir_lib.check_usable(workdir)
   checkpoint_dir = workdir_lib.path(workdir, workdir_lib.CHECKPOINTS)
   # Around all of it: a lost peer is one line wherever it strikes.
@@ -125,19 +131,19 @@ def train_and_evaluate(
     with cluster.joining(config.distribution, checkpoint_dir=checkpoint_dir):
       strategy = strategy_lib.create_strategy(config.distribution)
     where.formed = True
-    if cluster.topology(strategy).workers > 1:
-      cluster.nothing_to_save_yet()
-    with workdir_lib.Lock(workdir, enabled=strategy_lib.is_chief(strategy)):
-      run = build_run(config, workdir, actions=actions)
+    chief = cluster.is_chief(strategy)
+    with workdir_lib.Lock(workdir, enabled=chief):
+      run = build_run(config, workdir, strategy=strategy, chief=chief,
+                      actions=actions)
       state = resume(run)
       where.step_of = lambda: state.step
-      train(run, state)
+      train_epochs(run, state)
       cluster.report_phase('finishing')
       finish(run, state)
   return TrainResult(model=run.learner.model, metrics=state.records)
 
 
-def train(run: Run, state: TrainState) -> None:
+def train_epochs(run: Run, state: TrainState) -> None:
   """The epochs, from state.step until state.finished, or a stop."""
   cluster.report_phase('training')
   with (contextlib.closing(run.progress),
@@ -152,51 +158,30 @@ def train(run: Run, state: TrainState) -> None:
       end_epoch(run, state, signals)
 
 
-def _evaluator(strategy, learner: trainable.Learner, split, *, eval_batch: int,
-               eval_loop):
-  """evaluate(signals) -> Totals over all of split, by eval_loop."""
-  iterator = input_pipeline.distributed_iterator(
-      strategy, input_pipeline.eval_dataset, split=split,
-      global_batch_size=eval_batch)
-  num_steps = tf.constant(input_pipeline.eval_steps(len(split), eval_batch))
-
-  def evaluate_split(signals):
-    with learner.evaluated_weights():
-      return signals.call(eval_loop, iterator, num_steps).numpy()
-  return evaluate_split
-
-
-def _train_loop(config, *, strategy, learner: trainable.Learner, settings):
-  return steps.make_train_loop(
-      strategy=strategy, train_step=steps.make_train_step(
-          model=learner.model, optimizer=learner.optimizer,
-          global_batch_size=config.train.global_batch_size,
-          jit_compile=settings.jit_compile,
-          label_smoothing=config.train.label_smoothing,
-          weight_average=learner.average,
-          accumulation_steps=config.train.accumulation_steps),
-      stop_on_nonfinite=config.train.on_nonfinite_loss == 'stop')
-
-
 def _actions(config, *, chief: bool, added) -> list[actions_lib.Action]:
   """config.outputs' actions, then the caller's: those this worker runs."""
-  every = [*outputs.from_config(config.outputs),
-           *map(actions_lib.as_action, added)]
-  return [action for action in every if chief or action.every_worker]
+  chosen = [*outputs.from_config(
+      config.outputs, profile_steps=config_lib.profile_steps(config.outputs)),
+            *map(actions_lib.as_action, added)]
+  return [action for action in chosen if chief or action.every_worker]
 
 
-def build_run(config, workdir: str, *, actions=()) -> Run:
-  """Checks the config, then builds everything a run needs, in order."""
+def build_run(config, workdir: str, *, strategy: tf.distribute.Strategy,
+              chief: bool, actions=()) -> Run:
+  """Builds everything a run needs, in order, on the caller's strategy.
+
+  config: checked by `config.validate`. strategy: the run's, created once
+  (`strategy.create_strategy`); chief: `cluster.is_chief(strategy)`.
+  actions: as train_and_evaluate's.
+  """
   started = time.time()
-  config_lib.validate(config)
-  strategy = strategy_lib.create_strategy(config.distribution)
-  chief = strategy_lib.is_chief(strategy)
   if not chief:
     logging.set_verbosity(logging.WARNING)  # The chief's log tells the story.
   keras.utils.set_random_seed(config.seed)
   splits = input_pipeline.splits(config.data, seed=config.seed)
   topology = cluster.topology(strategy)
   steps_per_epoch = len(splits['train']) // config.train.global_batch_size
+  total_steps = config.train.epochs * steps_per_epoch
   config_lib.check_against_run(config, num_replicas=topology.replicas,
                                steps_per_epoch=steps_per_epoch)
   kind = strategy_lib.device_kind(strategy)
@@ -207,11 +192,6 @@ def build_run(config, workdir: str, *, actions=()) -> Run:
                                   settings=settings,
                                   steps_per_epoch=steps_per_epoch)
   counters = trainable.Counters()
-  eval_batch = math.ceil(config.train.eval_batch_size /
-                         topology.replicas) * topology.replicas
-  # One for both splits: one trace.
-  eval_loop = steps.make_eval_loop(
-      strategy=strategy, eval_step=steps.make_eval_step(model=learner.model))
   logging.info('%s: %s on %s, global batch %d, %d steps per epoch in loops '
                'of %d, XLA %s, precision %s', config.model.name, topology,
                kind, config.train.global_batch_size, steps_per_epoch,
@@ -220,23 +200,21 @@ def build_run(config, workdir: str, *, actions=()) -> Run:
   return Run(
       config=config, workdir=workdir, started=started, strategy=strategy,
       chief=chief, topology=topology, settings=settings, splits=splits,
-      steps_per_epoch=steps_per_epoch,
-      total_steps=config.train.epochs * steps_per_epoch, learner=learner,
-      schedule=optimizers.learning_rate_schedule(
+      steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+      learner=learner, schedule=optimizers.learning_rate_schedule(
           config.optimizer, steps_per_epoch=steps_per_epoch,
           epochs=config.train.epochs),
-      train_loop=_train_loop(config, strategy=strategy, learner=learner,
-                             settings=settings),
-      evaluators={name: _evaluator(strategy, learner, splits[name],
-                                   eval_batch=eval_batch, eval_loop=eval_loop)
-                  for name in ('eval', 'test')},
+      train_loop=trainable.make_train_loop(
+          config, strategy=strategy, learner=learner, settings=settings),
+      evaluators=trainable.make_evaluators(
+          config, strategy=strategy, learner=learner, splits=splits,
+          replicas=topology.replicas),
       stop_vote=cluster.StopVote(strategy),
       checkpointer=trainable.checkpointer(
           config, workdir, chief=chief, learner=learner, settings=settings,
           counters=counters),
       counters=counters, progress=reporting.Progress(
-          total_steps=config.train.epochs * steps_per_epoch,
-          epochs=config.train.epochs, enabled=chief),
+          total_steps=total_steps, epochs=config.train.epochs, enabled=chief),
       context=actions_lib.Context(
           config=config, workdir=workdir, chief=chief, device_kind=kind,
           model=learner.model, splits=splits,
@@ -283,11 +261,6 @@ def _learning_rate(run: Run) -> float:
       max(int(run.learner.optimizer.iterations.numpy()) - 1, 0)))
 
 
-def _finite(variables) -> bool:
-  return all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in variables
-             if tf.as_dtype(v.dtype).is_floating)
-
-
 def _save(run: Run, state: TrainState) -> None:
   """Checkpoints the state at state.step, if its weights are all finite.
 
@@ -295,7 +268,7 @@ def _save(run: Run, state: TrainState) -> None:
   that overflowed): such a state is never saved, so the newest checkpoint
   is always one that can continue.
   """
-  if not _finite(run.learner.model.variables):
+  if not run.learner.finite():
     raise errors.NonFiniteError(state.step, what='weights')
   run.counters.topology.assign([run.topology.workers, run.topology.replicas])
   run.checkpointer.save(state.step)
@@ -310,31 +283,31 @@ def _stop_if_asked(run: Run, state: TrainState, signals) -> None:
     raise errors.Interrupted(signals.requested, state.step, chief=run.chief)
 
 
-def train_loop(run: Run, state: TrainState, signals, *,
-               num_steps: int) -> None:
+def call_train_loop(run: Run, state: TrainState, signals, *,
+                    num_steps: int) -> None:
   """One call of the compiled loop: num_steps steps, one line of output."""
   _each(run, 'loop_start', step=state.step, num_steps=num_steps)
-  loop_start = time.time()
+  call_start = time.time()
   totals = signals.call(run.train_loop, state.train_iterator,
                         tf.constant(num_steps)).numpy()
-  loop_s = time.time() - loop_start
+  call_s = time.time() - call_start
   state.step += int(totals.steps)
   if totals.nonfinite_steps and run.config.train.on_nonfinite_loss == 'stop':
     raise errors.NonFiniteError(state.step)
   run.counters.step.assign(state.step)
   for name, variable in run.counters.epoch_totals.items():
     variable.assign_add(getattr(totals, name))
-  state.epoch_train_s += loop_s
+  state.epoch_train_s += call_s
   steps_per_s = (state.step - state.first_step) / (
       time.time() - state.loops_start)
-  metrics = reporting.LoopMetrics(
+  loop_metrics = reporting.LoopMetrics(
       step=state.step, epoch=(state.step - 1) // run.steps_per_epoch + 1,
       loss=totals.mean_loss, accuracy=totals.accuracy,
       learning_rate=_learning_rate(run),
-      examples_per_s=totals.count / loop_s,
+      examples_per_s=totals.count / call_s,
       eta_s=(run.total_steps - state.step) / steps_per_s)
-  _each(run, 'loop_end', step=state.step, scalars=metrics.scalars())
-  run.progress.loop(metrics)
+  _each(run, 'loop_end', step=state.step, scalars=loop_metrics.scalars())
+  run.progress.loop(loop_metrics)
 
 
 def train_epoch(run: Run, state: TrainState, signals) -> None:
@@ -342,12 +315,12 @@ def train_epoch(run: Run, state: TrainState, signals) -> None:
   epoch_end = (state.step // run.steps_per_epoch + 1) * run.steps_per_epoch
   state.epoch_train_s = 0.0
   while state.step < epoch_end:
-    train_loop(run, state, signals, num_steps=min(
+    call_train_loop(run, state, signals, num_steps=min(
         run.settings.steps_per_loop, epoch_end - state.step))
     if state.step < epoch_end:  # The epoch's end is evaluated first.
       _stop_if_asked(run, state, signals)
-      every = run.config.checkpoint.every_steps
-      if state.step // every > state.last_saved // every:
+      every_steps = run.config.checkpoint.every_steps
+      if state.step // every_steps > state.last_saved // every_steps:
         _save(run, state)
 
 
@@ -382,8 +355,8 @@ def evaluate(run: Run, state: TrainState, signals) -> dict:
       'nonfinite_steps': int(epoch_totals.nonfinite_steps),
       'elapsed_s': round(time.time() - run.started, 3),
       'wall_time': round(time.time(), 3),
-      'examples_per_s': round(epoch_totals.count / max(state.epoch_train_s, 1e-9),
-                              1),
+      'examples_per_s': round(
+          epoch_totals.count / max(state.epoch_train_s, 1e-9), 1),
   }
   run.counters.eval_accuracy.assign(evaluated.accuracy)
   run.progress.message(

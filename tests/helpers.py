@@ -139,3 +139,18 @@ def finished_state(workdir) -> tuple[list[dict], dict]:
     for key in TIMING_KEYS:
       record.pop(key)
   return records, checkpoint_variables(workdir)
+
+
+def assert_same_run(workdir, reference, *, epochs: int) -> None:
+  """workdir ended where the uninterrupted run `reference` did: the same
+  records of its epochs 1 to `epochs`, and the same weights."""
+  records, weights = finished_state(workdir)
+  reference_records, reference_weights = finished_state(reference)
+  assert [r['epoch'] for r in records] == list(range(1, epochs + 1))
+  assert weights.keys() == reference_weights.keys() and weights
+  for name, value in reference_weights.items():
+    np.testing.assert_allclose(weights[name], value, rtol=1e-4, atol=1e-6,
+                               err_msg=name)
+  for record, expected in zip(records, reference_records, strict=True):
+    for key, value in expected.items():
+      assert record[key] == pytest.approx(value, rel=1e-5), key

@@ -43,7 +43,7 @@ if prog == 'gcloud' and argv[:2] == ['storage', 'cp'] and '-r' not in argv:
   record['source_exists'] = os.path.exists(argv[2])
 if prog != 'gcloud':
   faked = (argv[:2] in (['-m', 'pip'], ['-m', 'mnist_dist.main'],
-                        ['-m', 'mnist_dist.tools.selftest'])
+                        ['-m', 'mnist_dist.selftest'])
            or argv[:2] == ['-m', 'build']
            or (argv[:1] == ['-c'] and ('import build' in argv[1]
                                        or 'import tensorflow' in argv[1])))

@@ -9,9 +9,9 @@ import pytest
 
 from helpers import ROOT
 from helpers import small_config
+from mnist_dist import train
 from mnist_dist.outputs import actions
 from mnist_dist.outputs import metrics_file
-from mnist_dist import train
 
 _DENSE = {'model.name': 'dense', 'train.epochs': 2}  # 16 steps an epoch.
 

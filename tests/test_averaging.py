@@ -7,11 +7,12 @@ import pytest
 import tensorflow as tf
 
 from helpers import small_config
-from mnist_dist.data import input_pipeline
 from mnist_dist import steps
-from mnist_dist.distribution import strategy as strategy_lib
 from mnist_dist import train
 from mnist_dist import trainable
+from mnist_dist.data import input_pipeline
+from mnist_dist.distribution import strategy as strategy_lib
+from mnist_dist.modeling import models
 
 
 def _floats(model):
@@ -65,7 +66,7 @@ def test_evaluations_and_the_result_use_the_average(tmp_path):
   # The returned model holds the averages: evaluating it reproduces the
   # last evaluation, which the live weights would not.
   _, test = input_pipeline.load(config.data, seed=config.seed)
-  logits = result.model(test.images, training=False)
+  logits = result.model(models.model_input(test.images), training=False)
   loss = tf.nn.sparse_softmax_cross_entropy_with_logits(
       test.labels.astype(np.int32), logits)
   assert float(tf.reduce_mean(loss)) == pytest.approx(

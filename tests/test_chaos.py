@@ -14,8 +14,8 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import ROOT
 from helpers import finished_state
+from helpers import ROOT
 from helpers import run_main
 
 pytestmark = pytest.mark.slow  # Several launches of 3 workers: ~2 min a seed.

@@ -19,12 +19,12 @@ import pytest
 import tensorflow as tf
 from tensorflow.python.checkpoint import checkpoint as tf_checkpoint
 
-from helpers import ROOT
 from helpers import finished_state
+from helpers import ROOT
 from helpers import small_config
 from mnist_dist import checkpoints
-from mnist_dist.base import errors
 from mnist_dist import train
+from mnist_dist.base import errors
 
 
 class _Objects:

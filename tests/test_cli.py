@@ -6,9 +6,9 @@ import sys
 from absl import flags
 import pytest
 
+from mnist_dist import main as main_lib
 from mnist_dist.base import cli
 from mnist_dist.base import errors
-from mnist_dist import main as main_lib
 
 
 def _run(error, exit_codes, monkeypatch):

@@ -1,18 +1,24 @@
-"""The five configs hold the codelab's recipes and build its architectures."""
+"""The five configs hold the codelab's recipes and build its architectures;
+every config loads and is checked with ml_collections alone."""
+
+import json
+import subprocess
+import sys
 
 import keras
 import pytest
 
 from helpers import load_config
+from helpers import ROOT
 from mnist_dist import config as config_lib
 from mnist_dist.base import errors
 from mnist_dist.data import input_pipeline
+from mnist_dist.distribution import strategy as strategy_lib
 from mnist_dist.modeling import models
 from mnist_dist.modeling import optimizers
-from mnist_dist.distribution import strategy as strategy_lib
 
 # config: (batch, optimizer, lr, decay per epoch, trainable parameters,
-#          layer kinds after the input scaling, logits excluded)
+#          layer kinds, logits excluded: the scaling is models.model_input)
 LADDER = {
     'dense_softmax': (128, 'sgd', 0.01, 1.0, 7_850, ['Flatten']),
     'dense': (128, 'adam', 0.001, 1.0, 169_670,
@@ -43,7 +49,7 @@ def test_config_matches_the_codelab(name):
   model = models.create_model(config.model)
   assert sum(keras.ops.size(w) for w in model.trainable_weights) == parameters
   layers = [type(layer).__name__ for layer in model.layers]
-  assert layers == ['Rescaling', *kinds, 'Dense']
+  assert layers == [*kinds, 'Dense']
   assert model.layers[-1].dtype_policy.compute_dtype == 'float32'
 
 
@@ -59,7 +65,7 @@ def test_logits_stay_float32_under_mixed_precision():
   try:
     model = models.create_model(load_config('conv_bn').model)
     assert model.layers[1].compute_dtype == 'bfloat16'
-    assert model(keras.ops.zeros((2, 28, 28), 'uint8')).dtype == 'float32'
+    assert model(keras.ops.zeros((2, 28, 28))).dtype == 'float32'
   finally:
     keras.mixed_precision.set_global_policy('float32')
 
@@ -93,25 +99,83 @@ def test_bad_values_are_refused_by_name(key, value, message):
     config_lib.validate(config)
 
 
-@pytest.mark.parametrize('key,module_names', [
+@pytest.mark.parametrize('key,builder_names', [
     ('model.name', models.NAMES),
     ('distribution.strategy', strategy_lib.NAMES),
     ('optimizer.name', optimizers.NAMES),
     ('optimizer.schedule', optimizers.SCHEDULE_NAMES),
     ('data.source', input_pipeline.NAMES),
 ])
-def test_choices_are_the_lists_of_the_modules_that_build_them(key,
-                                                              module_names):
+def test_the_configs_choices_are_the_names_their_builders_build(
+    key, builder_names):
+  # Declared in the config (which imports no builder), built by the
+  # builder's own table: the same names, in the same order.
+  assert config_lib.CHOICES[key] == builder_names
   config = config_lib.default_config()
   section, name = key.split('.')
-  for value in module_names:
+  for value in builder_names:
     config[section][name] = value
     config_lib.validate(config)
   config[section][name] = 'nope'
   with pytest.raises(errors.ConfigError) as error:
     config_lib.validate(config)
   assert str(error.value) == (
-      f"{key}='nope' is not one of: {', '.join(module_names)}")
+      f"{key}='nope' is not one of: {', '.join(builder_names)}")
+
+
+# Loads every config as `--config=NAME` does (its file, by ml_collections'
+# flag), checks it, and prints the TensorFlow and Keras modules imported.
+_LOAD_EVERY_CONFIG = """
+import json, sys
+from absl import flags
+from ml_collections import config_flags
+from mnist_dist import config as config_lib
+from mnist_dist.base import cli
+for name in cli.config_names():
+  config_flags.DEFINE_config_file(name, cli.config_path(name))
+flags.FLAGS([sys.argv[0]])
+found = {}
+for name in cli.config_names():
+  config = flags.FLAGS[name].value
+  config_lib.validate(config)
+  config.outputs.profile_steps = '2,3'
+  # A model module that imports Keras, which only building it may import.
+  config.model.name, config.model.width = 'keras:Sequential', 1
+  config_lib.validate(config)
+  found[name] = sorted(module for module in sys.modules
+                       if module.split('.')[0] in ('tensorflow', 'keras'))
+print(json.dumps(found))
+"""
+
+
+def test_every_config_loads_and_is_checked_without_tensorflow():
+  process = subprocess.run(
+      [sys.executable, '-c', _LOAD_EVERY_CONFIG], cwd=ROOT,
+      capture_output=True, text=True, timeout=120, check=False)
+  assert process.returncode == 0, process.stderr[-3000:]
+  found = json.loads(process.stdout)
+  assert sorted(found) == sorted(
+      ['best', 'conv', 'conv_bn', 'dense', 'dense_dropout', 'dense_softmax',
+       'fast', 'fast_995'])
+  assert found == {name: [] for name in found}
+
+
+@pytest.mark.parametrize('name', ['module:', ':function', 'a b:f', 'm:f.g',
+                                  'package..module:f'])
+def test_an_own_model_name_of_another_form_is_refused(name):
+  config = config_lib.default_config()
+  config.model.name = name
+  with pytest.raises(errors.ConfigError,
+                     match='nor package.module:function'):
+    config_lib.validate(config)
+
+
+def test_an_own_model_is_imported_when_built_not_when_checked():
+  config = config_lib.default_config()
+  config.model.name = 'no_such_module:f'
+  config_lib.validate(config)
+  with pytest.raises(errors.ConfigError, match='cannot import it'):
+    models.create_model(config.model)
 
 
 def test_every_model_name_builds():

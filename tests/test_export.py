@@ -11,9 +11,9 @@ import pytest
 import tensorflow as tf
 
 from helpers import small_config
-from mnist_dist.outputs import export
-from mnist_dist.modeling import models
 from mnist_dist.distribution import strategy as strategy_lib
+from mnist_dist.modeling import models
+from mnist_dist.outputs import export
 
 # Run by a fresh interpreter: TensorFlow alone, as a server or a user would.
 _LOAD_AND_PREDICT = """
@@ -73,7 +73,7 @@ def test_plain_tensorflow_reproduces_the_model(tmp_path, cpu_devices):
       'imported_mnist_dist': False,
   }
   served = np.load(tmp_path / 'outputs.npz')
-  logits = model(images, training=False).numpy()
+  logits = model(models.model_input(images), training=False).numpy()
   np.testing.assert_allclose(served['probabilities'],
                              tf.nn.softmax(logits).numpy(), rtol=1e-5,
                              atol=1e-7)
@@ -89,7 +89,8 @@ def test_load_predict_fn_batches_and_returns_numpy(tmp_path):
   assert probabilities.shape == (25, 10) and probabilities.dtype == np.float32
   assert classes.shape == (25,) and classes.dtype == np.int64
   np.testing.assert_allclose(
-      probabilities, tf.nn.softmax(model(images, training=False)).numpy(),
+      probabilities,
+      tf.nn.softmax(model(models.model_input(images), training=False)).numpy(),
       rtol=1e-5, atol=1e-7)
   np.testing.assert_array_equal(classes, np.argmax(probabilities, axis=-1))
 
@@ -134,6 +135,7 @@ def test_a_mixed_precision_model_is_exported_computing_in_float32(tmp_path):
   images = np.random.default_rng(2).integers(0, 256, (9, 28, 28), np.uint8)
   probabilities, _ = export.load_predict_fn(str(tmp_path))(images)
   np.testing.assert_allclose(
-      probabilities, tf.nn.softmax(plain(images, training=False)).numpy(),
+      probabilities,
+      tf.nn.softmax(plain(models.model_input(images), training=False)).numpy(),
       rtol=1e-5, atol=1e-7)
   assert mixed.dtype_policy.name == 'mixed_bfloat16'  # The model unchanged.

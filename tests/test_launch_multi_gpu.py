@@ -18,7 +18,7 @@ def test_multi_gpu_dry_run_shows_the_gpus_and_mirrored(env):
   process = env.run(MULTI_GPU, args, DRY_RUN=1, GPUS='0,1')
   assert process.returncode == 0, process.stderr
   assert dry_run_commands(process.stdout) == [[
-      'env', 'CUDA_VISIBLE_DEVICES=0,1', 'python3', '-m', 'mnist_dist.tools.selftest',
+      'env', 'CUDA_VISIBLE_DEVICES=0,1', 'python3', '-m', 'mnist_dist.selftest',
       '--out=/tmp/run1/selftest.json'
   ], [
       'env', 'CUDA_VISIBLE_DEVICES=0,1', 'python3', '-m', 'mnist_dist.main',
@@ -34,7 +34,7 @@ def test_multi_gpu_runs_the_trainer_with_the_gpus(env):
   selftest, trainer = env.calls('fakepython')
   for call in (selftest, trainer):
     assert call['env']['CUDA_VISIBLE_DEVICES'] == '1,3'
-  assert selftest['argv'] == ['-m', 'mnist_dist.tools.selftest',
+  assert selftest['argv'] == ['-m', 'mnist_dist.selftest',
                               '--out=/tmp/run1/selftest.json']
   assert trainer['argv'] == [
       '-m', 'mnist_dist.main', f'--config={ROOT}/configs/conv_bn.py',
@@ -45,10 +45,10 @@ def test_multi_gpu_runs_the_trainer_with_the_gpus(env):
 def test_multi_gpu_stops_before_training_when_the_selftest_fails(env):
   process = env.run(MULTI_GPU, ['--workdir', '/tmp/run1/'], GPUS='0,1',
                     PYTHON=env.bin / 'fakepython',
-                    FAKE_FAIL_PATTERN='mnist_dist.tools.selftest')
+                    FAKE_FAIL_PATTERN='mnist_dist.selftest')
   assert process.returncode == 1
   (call,) = env.calls('fakepython')
-  assert call['argv'] == ['-m', 'mnist_dist.tools.selftest',
+  assert call['argv'] == ['-m', 'mnist_dist.selftest',
                           '--out=/tmp/run1/selftest.json']
   assert ('multi_gpu.sh: the self-test failed (exit 1; its table is above): '
           'not training. --skip_selftest trains without it') in process.stderr

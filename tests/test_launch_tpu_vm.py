@@ -316,7 +316,7 @@ def test_tpu_vm_remote_install_keeps_the_tpu_build_of_tensorflow(env):
 @pytest.mark.parametrize('command,module,args', [
     ('train', 'mnist_dist.main',
      ['--config=configs/conv_bn.py', '--config.distribution.strategy=tpu']),
-    ('selftest', 'mnist_dist.tools.selftest', ['--out=gs://b/w/selftest.json']),
+    ('selftest', 'mnist_dist.selftest', ['--out=gs://b/w/selftest.json']),
 ])
 def test_tpu_vm_remote_sets_the_tpu_environment(env, tmp_path, command, module,
                                                 args):

@@ -180,17 +180,17 @@ def test_vertex_job_replicas_run_the_selftest_then_train(env, task, out):
   pip, selftest, trainer = env.calls('python3')
   assert pip['argv'] == ['-m', 'pip', 'install', '--quiet',
                          f'{MOUNTED}/mnist_dist-0.1.0.tar.gz']
-  assert selftest['argv'] == ['-m', 'mnist_dist.tools.selftest',
+  assert selftest['argv'] == ['-m', 'mnist_dist.selftest',
                               f'--out={STAGING}/workdir/{out}']
   assert trainer['argv'] == JOB_TRAINER_ARGV
 
 
 def test_vertex_job_replica_stops_when_the_selftest_fails(env):
   process = run_job_wrapper(env, task=('chief', 0),
-                            FAKE_FAIL_PATTERN='mnist_dist.tools.selftest')
+                            FAKE_FAIL_PATTERN='mnist_dist.selftest')
   assert process.returncode == 1
   assert [c['argv'][:2] for c in env.calls('python3')] == [
-      ['-m', 'pip'], ['-m', 'mnist_dist.tools.selftest']]
+      ['-m', 'pip'], ['-m', 'mnist_dist.selftest']]
 
 
 def test_vertex_skip_selftest_trains_without_it(env):

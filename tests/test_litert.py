@@ -10,13 +10,13 @@ import pytest
 
 from helpers import load_config
 from helpers import small_config
-from mnist_dist.base import errors
-from mnist_dist.outputs import export
-from mnist_dist.data import input_pipeline
-from mnist_dist.outputs import litert
-from mnist_dist.modeling import models
 from mnist_dist import train
+from mnist_dist.base import errors
 from mnist_dist.base import workdir as workdir_lib
+from mnist_dist.data import input_pipeline
+from mnist_dist.modeling import models
+from mnist_dist.outputs import export
+from mnist_dist.outputs import litert
 
 
 @pytest.mark.slow  # Trains on real digits.

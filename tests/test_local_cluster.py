@@ -8,8 +8,8 @@ from absl import flags
 import pytest
 
 from helpers import launch_script
-from mnist_dist.distribution import cluster
 from mnist_dist.base import errors
+from mnist_dist.distribution import cluster
 
 
 local_cluster = launch_script('local_cluster')

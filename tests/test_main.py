@@ -17,14 +17,14 @@ import time
 import numpy as np
 import pytest
 
-from helpers import ROOT
 from helpers import assert_refused
+from helpers import ROOT
 from helpers import run_main
 from helpers import slow_after
 from helpers import start_main
 from helpers import write_idx
-from mnist_dist.data import idx
 from mnist_dist.base import console
+from mnist_dist.data import idx
 
 
 @pytest.mark.slow

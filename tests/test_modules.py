@@ -12,9 +12,9 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(__file__)),
                        'mnist_dist')
 # The parts, each a folder; '' is the training core at the top.
 PARTS = ('', 'base', 'data', 'distribution', 'modeling', 'outputs', 'tools')
-# The top's commands, above everything: the trainer's, and the `python -m`
-# doors to the tools'.
-ENTRY_POINTS = ('main', 'predict', 'selftest')
+# The top's commands, above everything: the trainer's, and the doors to the
+# others' (console scripts and `python -m`).
+ENTRY_POINTS = ('main', 'predict', 'selftest', 'plots', 'litert')
 
 
 def _modules() -> dict[str, str]:

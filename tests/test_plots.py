@@ -12,11 +12,11 @@ import pytest
 
 from helpers import ROOT
 from helpers import small_config
-from mnist_dist.outputs import export
-from mnist_dist.data import input_pipeline
-from mnist_dist.outputs import plots
 from mnist_dist import train
 from mnist_dist.base import workdir as workdir_lib
+from mnist_dist.data import input_pipeline
+from mnist_dist.outputs import export
+from mnist_dist.outputs import plots
 
 NAMES = ('training_curves.png', 'learning_rate.png', 'predictions.png',
          'worst_mistakes.png', 'confusion_matrix.png')
@@ -110,7 +110,7 @@ def test_confusion_matrix_counts_every_test_digit(predicted, tmp_path):
 def test_command_line_regenerates_from_the_workdir(workdir):
   shutil.rmtree(workdir / 'plots', ignore_errors=True)
   process = subprocess.run(
-      [sys.executable, '-m', 'mnist_dist.outputs.plots', str(workdir), '--dpi=40'],
+      [sys.executable, '-m', 'mnist_dist.plots', str(workdir), '--dpi=40'],
       cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
   assert process.returncode == 0, process.stderr[-3000:]
   assert process.stdout.split() == [

@@ -9,16 +9,16 @@ import pytest
 
 from helpers import small_config
 from mnist_dist import config as config_lib
-from mnist_dist.base import errors
-from mnist_dist.outputs import profiling
 from mnist_dist import train
+from mnist_dist.base import errors
 
 
 @pytest.mark.parametrize('text, steps', [
     ('', None), ('  ', None), ('5', (5, 5)), ('9,12', (9, 12)),
     (' 1 , 3 ', (1, 3))])
 def test_parses_the_first_and_last_step(text, steps):
-  assert profiling.parse_steps(text) == steps
+  assert config_lib.profile_steps(
+      small_config({'outputs.profile_steps': text}).outputs) == steps
 
 
 @pytest.mark.parametrize('text', ['12,9', '0,5', 'a,b', '1,2,3', '-1,4'])

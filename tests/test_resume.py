@@ -15,9 +15,9 @@ from helpers import finished_state
 from helpers import run_main
 from helpers import small_config
 from helpers import start_main
-from mnist_dist.base import errors
 from mnist_dist import steps
 from mnist_dist import train
+from mnist_dist.base import errors
 from mnist_dist.base import workdir as workdir_lib
 
 # dense_dropout: dropout makes the random state part of what must resume.

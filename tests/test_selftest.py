@@ -17,14 +17,15 @@ import pytest
 import tensorflow as tf
 
 from helpers import ROOT
+from mnist_dist import steps
 from mnist_dist.base import errors
 from mnist_dist.data import input_pipeline
-from mnist_dist.tools import matmul
 from mnist_dist.modeling import models
+from mnist_dist.tools import matmul
+from mnist_dist.tools import measures
 from mnist_dist.tools import selftest
-from mnist_dist import steps
 
-TINY = selftest.Sizes(per_replica_batch=4, train_steps=2, speed_batch=8,
+TINY = measures.Sizes(per_replica_batch=4, train_steps=2, speed_batch=8,
                       speed_steps=2, matmul_size=64, matmul_seconds=0.01)
 CHECKS = {check.name: check for check in selftest.CHECKS}
 
@@ -210,7 +211,7 @@ def test_a_failed_row_exits_1_after_writing_the_json(tmp_path, monkeypatch):
 
 
 def _selftest(*args, timeout=600):
-  return subprocess.run([sys.executable, '-m', 'mnist_dist.tools.selftest', *args],
+  return subprocess.run([sys.executable, '-m', 'mnist_dist.selftest', *args],
                         cwd=ROOT, capture_output=True, text=True,
                         timeout=timeout, check=False)
 

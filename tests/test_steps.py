@@ -9,8 +9,8 @@ import tensorflow as tf
 
 from helpers import small_config
 from mnist_dist import steps
-from mnist_dist.distribution import strategy as strategy_lib
 from mnist_dist import trainable
+from mnist_dist.distribution import strategy as strategy_lib
 
 
 @pytest.mark.parametrize('smoothing', [0.0, 0.1, 0.3])
@@ -83,9 +83,9 @@ def test_float16_replicas_skip_an_overflow_together():
 
 def test_the_loops_trace_the_step_as_written_not_rewritten_by_autograph():
   # Autograph would rewrite the step, the model's call and the optimizer's
-  # glue into generated files at every start: fast.py's loop took 1.1 to
-  # 1.2 s to trace with it, 0.5 s without, for no change, since their `if`s
-  # are on Python values.
+  # glue into generated files at every start, for no change, since their
+  # `if`s are on Python values (what it cost:
+  # docs/performance.md#time-to-accuracy-the-mlperf-way).
   traced_from = []
 
   def train_step(images, labels):

@@ -6,8 +6,8 @@ import sys
 import pytest
 import tensorflow as tf
 
-from helpers import ROOT
 from helpers import assert_refused
+from helpers import ROOT
 from helpers import run_main
 from mnist_dist import config as config_lib
 from mnist_dist.distribution import strategy as strategy_lib

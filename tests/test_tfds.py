@@ -14,8 +14,8 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import ROOT
 from helpers import assert_refused
+from helpers import ROOT
 from helpers import run_main
 from helpers import small_config
 from mnist_dist.base import errors

@@ -12,10 +12,10 @@ import tensorflow as tf
 
 from helpers import run_main
 from helpers import small_config
-from mnist_dist.data import idx
-from mnist_dist.data import input_pipeline
 from mnist_dist import steps
 from mnist_dist import train
+from mnist_dist.data import idx
+from mnist_dist.data import input_pipeline
 
 
 def _run(tmp_path, overrides):

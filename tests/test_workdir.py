@@ -3,9 +3,11 @@
 import functools
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import types
 
@@ -15,15 +17,16 @@ import tensorflow as tf
 
 from helpers import assert_refused
 from helpers import checkpoint_variables
+from helpers import ROOT
 from helpers import run_main
 from helpers import small_config
 from helpers import start_main
-from mnist_dist.base import errors
-from mnist_dist.outputs import metrics_file
 from mnist_dist import steps
 from mnist_dist import train
 from mnist_dist import trainable
+from mnist_dist.base import errors
 from mnist_dist.base import workdir as workdir_lib
+from mnist_dist.outputs import metrics_file
 
 _SMALL = ('--config=configs/dense.py', '--config.data.source=synthetic',
           '--config.data.synthetic_train_examples=1024',
@@ -330,3 +333,71 @@ def test_a_torn_last_metrics_line_is_dropped_and_made_again(tmp_path, caplog):
   assert [r['epoch'] for r in result.metrics] == [2]
   records = [json.loads(line) for line in path.read_text().splitlines()]
   assert [r['epoch'] for r in records] == [1, 2]
+
+
+def _identity(pid):
+  return workdir_lib._process_identity(pid)  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize('holder', [
+    # A container restarted in place: PID 1 again, as the holder was; here,
+    # this very pid, which holds nothing yet.
+    lambda: {'pid': os.getpid(), **_identity(os.getpid()),
+             'process_start': _identity(os.getpid())['process_start'] - 1},
+    # A live pid that another process took over since the holder died.
+    lambda: {'pid': os.getppid(), **_identity(os.getppid()),
+             'process_start': _identity(os.getppid())['process_start'] + 1},
+    # This host, before its last restart.
+    lambda: {'pid': os.getppid(), **_identity(os.getppid()),
+             'boot_id': 'an-earlier-boot'},
+], ids=['own-pid-restarted-in-place', 'pid-reused', 'host-rebooted'])
+def test_a_dead_holder_is_told_from_a_live_process_with_its_pid(
+    tmp_path, holder, caplog):
+  _write_lock(tmp_path, **holder())
+  caplog.set_level('WARNING')
+  with workdir_lib.Lock(str(tmp_path)):
+    taken = json.loads((tmp_path / workdir_lib.LOCK).read_text())
+  assert (taken['pid'], taken['process_start']) == (
+      os.getpid(), _identity(os.getpid())['process_start'])
+  assert 'Taking over' in caplog.text
+
+
+def test_a_live_holder_with_its_identity_is_respected(tmp_path):
+  _write_lock(tmp_path, pid=os.getppid(), **_identity(os.getppid()))
+  with pytest.raises(errors.WorkdirError,
+                     match=f'in use by pid {os.getppid()}'):
+    with workdir_lib.Lock(str(tmp_path)):
+      pass
+
+
+def _in_a_pid_namespace(*args) -> subprocess.Popen:
+  """`python -m mnist_dist.main ARGS` as PID 1 of a new PID namespace, on
+  this host's name: a container's trainer, as Kubernetes and Vertex AI run
+  it. Returns the process of `unshare`, whose one child is the trainer."""
+  return subprocess.Popen(
+      ['unshare', '--pid', '--fork', '--mount-proc', sys.executable, '-m',
+       'mnist_dist.main', *args], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow  # Two trainers.
+@pytest.mark.skipif(not shutil.which('unshare') or os.geteuid() != 0,
+                    reason='needs root and unshare (util-linux)')
+def test_a_trainer_restarted_in_place_resumes(tmp_path):
+  args = (f'--workdir={tmp_path}', *_SMALL, '--config.train.epochs=40',
+          '--config.checkpoint.every_steps=8')
+  first = _in_a_pid_namespace(*args)
+  checkpoints = tmp_path / workdir_lib.CHECKPOINTS
+  for line in first.stderr:
+    if 'step ' in line and tf.train.latest_checkpoint(str(checkpoints)):
+      break
+  (trainer,) = (int(pid) for pid in subprocess.run(
+      ['pgrep', '-P', str(first.pid)], capture_output=True, text=True,
+      check=True).stdout.split())
+  os.kill(trainer, signal.SIGKILL)  # PID 1 of its namespace: all of it.
+  first.communicate(timeout=60)
+  assert json.loads((tmp_path / workdir_lib.LOCK).read_text())['pid'] == 1
+  second = _in_a_pid_namespace(*args)
+  _, stderr = second.communicate(timeout=600)
+  assert second.returncode == 0, stderr[-3000:]
+  assert 'Resuming from' in stderr and 'Taking over' in stderr
+  assert not (tmp_path / workdir_lib.LOCK).exists()

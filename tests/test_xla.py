@@ -20,8 +20,8 @@ import tensorflow as tf
 
 from helpers import small_config
 from mnist_dist import steps
-from mnist_dist.distribution import strategy as strategy_lib
 from mnist_dist import trainable
+from mnist_dist.distribution import strategy as strategy_lib
 
 BATCH = 16
 NUM_STEPS = 3

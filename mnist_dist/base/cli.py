@@ -29,8 +29,8 @@ def configs_dir() -> str:
   spec = importlib.util.find_spec('mnist_dist.configs')
   if spec and spec.submodule_search_locations:
     return list(spec.submodule_search_locations)[0]
-  return os.path.join(os.path.dirname(os.path.dirname(
-      os.path.abspath(__file__))), 'configs')
+  package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return os.path.join(os.path.dirname(package), 'configs')
 
 
 def config_names() -> list[str]:
@@ -74,7 +74,10 @@ def run(main: Callable[[object], None], *, flags_parser,
   matches deciding; its message is the line. A tool whose lines need more
   than the message (the flag it came from) calls `fail` itself.
   """
-  exit_codes = exit_codes or {}
+  # A TensorFlow whose internals changed under the package is bad input to
+  # every tool: one line naming its version (`tf_internals`).
+  exit_codes = {errors.TensorFlowUnsupported: errors.EXIT_BAD_INPUT,
+                **(exit_codes or {})}
 
   def main_with_exit_codes(argv):
     try:

@@ -1,13 +1,16 @@
-"""What a run prints: its own lines, and of TensorFlow's only what matters.
+"""How a command starts TensorFlow, and what a run prints: its own lines,
+and of TensorFlow's only what matters.
 
 TensorFlow's C++ start-up chatter (oneDNN, CUDA, CPU features) and the INFO
 lines of its Python modules (checkpoint sharding, collectives, SavedModel
 writing) are off unless --tf_logs; its Python warnings and errors always
 show. The run's own lines read `06:44:42 step 500/9370 epoch 1/10 | ...`.
 
-`import_tensorflow` must run before anything imports TensorFlow: TensorFlow
-reads TF_CPP_MIN_LOG_LEVEL, and prints its loading notices, as it is
-imported.
+Every command calls `import_tensorflow` first, before anything imports
+TensorFlow: TensorFlow reads TF_CPP_MIN_LOG_LEVEL and the environment of
+`TF_ENVIRONMENT`, and prints its loading notices, as it is imported. Importing
+the package itself changes nothing: a notebook or a program of the API's calls
+`import_tensorflow` first, or sets those variables itself.
 """
 
 import contextlib
@@ -22,6 +25,15 @@ import sys
 from absl import logging as absl_logging
 
 TF_LOGS_FLAG = 'tf_logs'
+# What TensorFlow must see before it loads, unless the user set it: the BFC
+# allocator for CPU tensors, which keeps freed memory where the default one
+# hands it back to the kernel and every step faults it in again; oneDNN's
+# kernels on x86-64 Linux, which TensorFlow turns on by default only from
+# AVX512_VNNI on. What each is worth on a CPU without AVX512_VNNI:
+# docs/performance.md, "This CPU without bfloat16".
+TF_ENVIRONMENT = {'TF_CPU_ALLOCATOR_USE_BFC': 'true'}
+if sys.platform == 'linux' and os.uname().machine == 'x86_64':
+  TF_ENVIRONMENT['TF_ENABLE_ONEDNN_OPTS'] = '1'
 _CPP_LEVEL_VAR = 'TF_CPP_MIN_LOG_LEVEL'
 # TensorFlow's C++ log lines: `I0000 00:00:1795676159.673100  23720 port.cc:153]
 # oneDNN custom operations are on...`, and absl's notice before its first one.
@@ -140,17 +152,30 @@ def _absent(packages: frozenset[str]):
     sys.meta_path.remove(finder)
 
 
+def set_tf_environment() -> None:
+  """Sets `TF_ENVIRONMENT` where the user has not: for a command that
+  imports TensorFlow itself, or starts processes that do."""
+  for name, value in TF_ENVIRONMENT.items():
+    os.environ.setdefault(name, value)
+
+
 def import_tensorflow(argv: list[str]) -> None:
-  """Imports TensorFlow and Keras with TensorFlow's C++ log level set and its
-  loading notices hidden (unless --tf_logs is in argv), and without Keras's
-  extras (`_KERAS_EXTRAS`)."""
-  with _cpp_lines_hidden(0 if 'tensorflow' in sys.modules
-                         else _cpp_log_level(argv)), _absent(_KERAS_EXTRAS):
+  """Imports TensorFlow and Keras as the commands run them: with
+  `TF_ENVIRONMENT` set (a value the user set wins), TensorFlow's C++ log
+  level set and its loading notices hidden (unless --tf_logs is in argv), and
+  without Keras's extras (`_KERAS_EXTRAS`). Once TensorFlow is imported, too
+  late for all but the last: the environment is left as it is."""
+  level = 0
+  if 'tensorflow' not in sys.modules:
+    set_tf_environment()
+    level = _cpp_log_level(argv)
+  with _cpp_lines_hidden(level), _absent(_KERAS_EXTRAS):
     importlib.import_module('tensorflow')
     importlib.import_module('keras')
 
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+# mnist_dist/, whose modules' lines are the run's own.
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _is_own(record: logging.LogRecord) -> bool:

@@ -10,7 +10,8 @@ points print it as `error: MESSAGE` (`stopped: ...` for an interruption)
 and exit with the class's code, never with a traceback:
 
   ConfigError, DataError,   2   refused before training: fix the input
-  WorkdirError, CheckpointError
+  WorkdirError, CheckpointError,
+  TensorFlowUnsupported
   NonFiniteError            3   diverged: the last good checkpoint is kept
   Interrupted               75  asked to stop, checkpoint saved: run again
   WorkerLost                76  a peer is gone: relaunch the cluster
@@ -47,6 +48,16 @@ class WorkdirError(Error):
 
 class CheckpointError(Error):
   """A checkpoint that reads but does not fit the model being trained."""
+
+
+class TensorFlowUnsupported(Error):
+  """A TensorFlow internal the package relies on (base/tf_internals.py) is
+  missing or changed in the installed TensorFlow."""
+
+  def __init__(self, what: str, *, version: str, checked_on: str):
+    super().__init__(
+        f'TensorFlow {version}: {what} is missing or changed; mnist_dist was '
+        f'checked on TensorFlow {checked_on}: install one of those')
 
 
 class NonFiniteError(Error):

@@ -132,7 +132,7 @@ def check_and_record_config(config, workdir: str, *, write: bool) -> None:
   """Refuses a workdir whose earlier run had other run-defining values.
 
   Writes WORKDIR/config.json (the chief only, `write`), so that the next
-  start, and `python -m mnist_dist.outputs.plots`, know what this run was.
+  start, and `python -m mnist_dist.plots`, know what this run was.
   """
   if tf.io.gfile.exists(path(workdir, CONFIG)):
     previous = _read_json(workdir)
@@ -158,6 +158,32 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(_read_json(workdir))
 
 
+def _read_text(path: str) -> str | None:
+  try:
+    with open(path) as f:
+      return f.read()
+  except OSError:
+    return None
+
+
+def _process_identity(pid: int) -> dict:
+  """{'boot_id': this boot's, 'process_start': pid's start in clock ticks
+  since boot}, where /proc tells (Linux); an empty dict elsewhere.
+
+  Together with the host and pid they name one process for good: pids are
+  reused, but not within one boot at one start time.
+  """
+  identity = {}
+  boot_id = _read_text('/proc/sys/kernel/random/boot_id')
+  if boot_id:
+    identity['boot_id'] = boot_id.strip()
+  stat = _read_text(f'/proc/{pid}/stat')
+  if stat:
+    # Field 22, counted after the command name, which may hold spaces.
+    identity['process_start'] = int(stat.rpartition(')')[2].split()[19])
+  return identity
+
+
 class Lock:
   """WORKDIR/lock: the one trainer writing to a workdir.
 
@@ -167,6 +193,13 @@ class Lock:
   process is gone from this host, or when it has not been renewed for
   STALE_S (a holder on another machine, or one whose machine is gone).
   Multi-worker runs share their workdir: only the chief takes the lock.
+
+  A process is known by more than its pid, which a container restarted in
+  place reuses (the trainer is PID 1 again, on the same hostname) and a busy
+  host recycles: the lock also records the kernel's boot id and the
+  process's start time since boot (`_process_identity`). A holder on this
+  host whose boot id differs died with the previous boot; one whose pid now
+  belongs to a process that started at another time died too.
 
   Locally the lock file is created exclusively, so two trainers cannot both
   take it; on gs:// there is no exclusive create through tf.io.gfile, so two
@@ -183,7 +216,8 @@ class Lock:
     self._renewer = threading.Thread(target=self._renew, daemon=True)
     self._holder = {'host': socket.gethostname(), 'pid': os.getpid(),
                     'started': datetime.datetime.now().astimezone().isoformat(
-                        timespec='seconds')}
+                        timespec='seconds'),
+                    **_process_identity(os.getpid())}
 
   def _write(self, *, exclusive: bool) -> None:
     text = json.dumps({**self._holder, 'renewed': time.time()})
@@ -206,14 +240,32 @@ class Lock:
     if not holder:
       return 'it is unreadable'
     if holder.get('host') == self._holder['host']:
-      try:
-        os.kill(holder['pid'], 0)
-      except ProcessLookupError:
-        return f'its process {holder["pid"]} no longer exists'
-      except PermissionError:
-        pass  # Alive, another user's.
+      reason = self._dead_on_this_host(holder)
+      if reason:
+        return reason
     if time.time() - holder.get('renewed', 0) > self.STALE_S:
       return f'it was last renewed over {self.STALE_S} s ago'
+    return None
+
+  def _dead_on_this_host(self, holder: dict) -> str | None:
+    """Why holder, of this host, is a dead process; None if it may live."""
+    pid = holder.get('pid')
+    boot_id = self._holder.get('boot_id')
+    if boot_id and holder.get('boot_id') not in (None, boot_id):
+      return 'its machine has restarted since'
+    if pid == os.getpid():
+      # Not this process, which holds nothing yet: a predecessor with the
+      # same pid, as a container restarted in place is PID 1 again.
+      return f'its process {pid} was an earlier one with this pid'
+    try:
+      os.kill(pid, 0)
+    except ProcessLookupError:
+      return f'its process {pid} no longer exists'
+    except PermissionError:
+      pass  # Alive, another user's.
+    start = _process_identity(pid).get('process_start')
+    if start is not None and holder.get('process_start') not in (None, start):
+      return f'its process {pid} has ended (the pid is now another process)'
     return None
 
   def __enter__(self):

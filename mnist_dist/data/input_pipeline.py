@@ -8,8 +8,9 @@ global batch holds the same examples whatever the number of replicas, hosts or
 restarts, which is what makes runs comparable across strategies and a resumed
 run land where an uninterrupted one would.
 
-Images stay uint8 until the model's first layer scales them on the device:
-four times less host memory and host-to-device traffic than float32.
+Images stay uint8 until the steps scale them on the device, as the model's
+input (`models.model_input`): four times less host memory and
+host-to-device traffic than float32.
 
 Augmentation (`augment`, off by default) keeps to the same rule.
 
@@ -18,21 +19,19 @@ thread can make dropping an iterator, at the end of a run, wait up to a
 minute.
 """
 
-import contextlib
 import dataclasses
 import functools
 import math
 
 import numpy as np
 import tensorflow as tf
-# Private, but the one place tf.distribute builds its per-device datasets.
-from tensorflow.python.data.ops import multi_device_iterator_ops
 
+from mnist_dist.base import tf_internals
+from mnist_dist.base.errors import ConfigError
+from mnist_dist.base.errors import DataError
 from mnist_dist.data import augment
 from mnist_dist.data import downloads
 from mnist_dist.data import idx
-from mnist_dist.base.errors import ConfigError
-from mnist_dist.base.errors import DataError
 
 # Without the autotuner (`_without_autotune`), AUTOTUNE stands for tf.data's
 # fixed defaults instead of tuned values: measured, the same speed
@@ -146,7 +145,8 @@ def _load_synthetic(data_config, *, seed: int) -> tuple[Split, Split]:
           _synthetic(data_config.synthetic_eval_examples, seed + 1))
 
 
-# data.source -> its loader of the (train, test) splits.
+# data.source -> its loader of the (train, test) splits. With 'auto'
+# (`_load_source` picks one), config.DATA_SOURCES (tests/test_configs.py).
 SOURCES = {'idx': _load_idx, 'tfds': _load_tfds_splits,
            'synthetic': _load_synthetic}
 NAMES = ('auto', *SOURCES)
@@ -259,38 +259,26 @@ def eval_dataset(ctx: tf.distribute.InputContext, split: Split, *,
       .prefetch(AUTOTUNE))
 
 
-def _without_autotune(dataset: tf.data.Dataset) -> tf.data.Dataset:
-  """dataset, its iterators without the autotuner's thread.
+def _no_autotune() -> tf.data.Options:
+  """Options without the autotuner, whose thread can hold up an iterator's
+  drop.
 
   That thread sleeps between its rounds, twice as long after each one, up to
   60 s. Dropping an iterator cancels it, but TensorFlow (2.21 at least) wakes
   it before marking the cancellation done (tsl's `StartCancelWithStatus`
   runs the callbacks first), so it can miss it and sleep on while the
-  iterator's destructor waits for it, holding the GIL. That is what kept a
-  finished run alive 25 to 100 s: each iterator of the run's input waiting
-  out its autotuner's sleep in turn, nothing running meanwhile.
+  iterator's destructor waits for it, holding the GIL: each iterator of the
+  run's input waiting out its autotuner's sleep in turn kept a finished run
+  alive, nothing running meanwhile (docs/performance.md, "The end of a run").
   """
   options = tf.data.Options()
   options.autotune.enabled = False
-  return dataset.with_options(options)
+  return options
 
 
-@contextlib.contextmanager
-def _device_datasets_without_autotune():
-  """tf.distribute's per-device datasets, made meanwhile, without autotuner.
-
-  Its iterators put each pipeline's batches on the devices through datasets
-  of their own, which `with_options` on ours does not reach; their
-  autotuners hold up the drop of the run's input as ours do.
-  """
-  # pylint: disable=protected-access
-  make = multi_device_iterator_ops._create_device_dataset
-  multi_device_iterator_ops._create_device_dataset = (
-      lambda *args, **kwargs: _without_autotune(make(*args, **kwargs)))
-  try:
-    yield
-  finally:
-    multi_device_iterator_ops._create_device_dataset = make
+def _without_autotune(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  """dataset, its iterators without the autotuner's thread (`_no_autotune`)."""
+  return dataset.with_options(_no_autotune())
 
 
 def distributed_iterator(strategy: tf.distribute.Strategy, dataset_fn, *,
@@ -301,6 +289,9 @@ def distributed_iterator(strategy: tf.distribute.Strategy, dataset_fn, *,
   No tf.data iterator inside it runs the autotuner, so that dropping it, when
   the run is done, returns at once (`_without_autotune`).
   """
-  with _device_datasets_without_autotune():
+  # tf.distribute's iterators put each pipeline's batches on the devices
+  # through datasets of their own, which `with_options` on ours does not
+  # reach; their autotuners hold up the drop of the run's input as ours do.
+  with tf_internals.device_datasets_with(_no_autotune()):
     return iter(strategy.distribute_datasets_from_function(
         functools.partial(dataset_fn, split=split, **kwargs)))

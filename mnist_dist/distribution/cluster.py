@@ -27,6 +27,9 @@ the others waiting in a collective that can never complete. Two rules follow.
 - **A worker says whether it has anything to save** (`report_phase`), so a
   supervisor stops those that have not at once: before its first step a
   worker holds nothing the chief's checkpoint does not.
+
+Who is in the run is read here too: the `topology` (workers and replicas)
+and whether this process `is_chief`, the one that writes.
 """
 
 import contextlib
@@ -42,6 +45,7 @@ from typing import Callable
 import tensorflow as tf
 
 from mnist_dist.base.errors import WorkerLost
+from mnist_dist.distribution import strategy as strategy_lib
 
 SUM = tf.distribute.ReduceOp.SUM
 
@@ -66,6 +70,7 @@ class Topology:
 
 
 def topology(strategy: tf.distribute.Strategy) -> Topology:
+  """The run's workers and replicas, as the strategy has them."""
   resolver = strategy.cluster_resolver
   workers = 1
   # TPUStrategy is one client process driving every host of a pod slice.
@@ -76,7 +81,18 @@ def topology(strategy: tf.distribute.Strategy) -> Topology:
   return Topology(workers=workers, replicas=strategy.num_replicas_in_sync)
 
 
-# A task as TensorFlow names it: /job:worker/replica:0/task:2, /job:worker/task:2.
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+  """True on the one worker that writes logs, metrics and exports."""
+  resolver = strategy.cluster_resolver
+  if resolver is None or not resolver.task_type:
+    return True
+  return (resolver.task_type == 'chief' or
+          (resolver.task_type == 'worker' and resolver.task_id == 0 and
+           'chief' not in resolver.cluster_spec().as_dict()))
+
+
+# A task as TensorFlow names it: /job:worker/replica:0/task:2 or
+# /job:worker/task:2.
 _TASK = r'/job:(\w+)/(?:replica:\d+/)?task:(\d+)'
 # Where a message names the task at fault (the coordination service's
 # health check, or the task that reported the error), before any other.
@@ -109,7 +125,8 @@ def _peer_name(message: str, cluster: dict[str, list[str]], *,
 def _tf_config_cluster(distribution_config):
   """({job: addresses}, this task) of a multi-worker run's TF_CONFIG, or
   ({}, None) for one process."""
-  if distribution_config.strategy != 'multi_worker_mirrored':
+  if strategy_lib.strategy_name(distribution_config) != (
+      'multi_worker_mirrored'):
     return {}, None
   resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
   spec = resolver.cluster_spec().as_dict()
@@ -178,6 +195,9 @@ def joining(distribution_config, *, checkpoint_dir: str):
   the one line, and the kill makes a supervisor count it as lost. When the
   chief itself is gone, TensorFlow gives up first (the same timeout, through
   the coordination service), and `peer_failures` names it.
+
+  Once joined, SIGTERM ends the worker at once until training starts
+  (`_nothing_to_save_yet`).
   """
   cluster, _ = _tf_config_cluster(distribution_config)
   if not cluster:
@@ -197,6 +217,7 @@ def joining(distribution_config, *, checkpoint_dir: str):
   finally:
     watchdog.stdin.close()  # Joined, or failed: either way, done waiting.
     watchdog.wait()
+  _nothing_to_save_yet()
 
 
 # Set by a supervisor (launch/local_cluster.py): where this worker says
@@ -216,7 +237,7 @@ def report_phase(phase: str) -> None:
     os.replace(path + '.tmp', path)
 
 
-def nothing_to_save_yet() -> None:
+def _nothing_to_save_yet() -> None:
   """SIGTERM ends this process at once until training starts.
 
   Creating a multi-worker strategy installs TensorFlow's SIGTERM handler

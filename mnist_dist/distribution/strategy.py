@@ -13,8 +13,10 @@ import os
 from absl import logging
 import tensorflow as tf
 
-from mnist_dist.distribution import hardware
+from mnist_dist.base import tf_internals
 from mnist_dist.base.errors import ConfigError
+from mnist_dist.distribution import environment
+from mnist_dist.distribution import hardware
 
 
 def _tpu_host() -> bool:
@@ -39,7 +41,8 @@ def _tpu_strategy(tpu: str) -> tf.distribute.TPUStrategy:
 
 
 def _logical_cpus(count: int) -> list[str]:
-  """Splits the CPU into `count` logical devices (or reuses an earlier split)."""
+  """Splits the CPU into `count` logical devices (or reuses an earlier
+  split)."""
   cpu = tf.config.list_physical_devices('CPU')[0]
   try:
     tf.config.set_logical_device_configuration(
@@ -65,35 +68,17 @@ def _multi_worker_strategy(
   """MultiWorkerMirroredStrategy of the TF_CONFIG cluster, its coordination
   service set up as the strategy would, but with our timeouts: heartbeat_s
   (a worker silent this long is gone) and join_s (all must have joined).
-
-  The strategy has no arguments for them; it configures the service itself
-  only if nothing did before, so this configures it first.
   """
-  # pylint: disable=g-import-not-at-top
-  from tensorflow.python.distribute import collective_all_reduce_strategy
-  from tensorflow.python.distribute import multi_worker_util
-  from tensorflow.python.eager import context
-  # pylint: enable=g-import-not-at-top
   resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
-  cluster_spec = multi_worker_util.normalize_cluster_spec(
-      resolver.cluster_spec())
-  if cluster_spec.jobs and context.context().coordination_service is None:
-    jobs = collective_all_reduce_strategy.coordination_config_pb2
-    context.context().configure_coordination_service(
-        service_type='standalone',
-        service_leader=multi_worker_util.coordination_leader(cluster_spec),
-        heartbeat_timeout_in_ms=int(heartbeat_s * 1000),
-        cluster_register_timeout_in_ms=int(join_s * 1000),
-        coordinated_jobs=[
-            jobs.CoordinatedJob(name=job,
-                                num_tasks=cluster_spec.num_tasks(job))
-            for job in ('chief', 'worker') if job in cluster_spec.jobs])
+  # The strategy has no arguments for them: configured first, it keeps them.
+  tf_internals.configure_coordination_service(
+      resolver.cluster_spec(), heartbeat_s=heartbeat_s, join_s=join_s)
   return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
 
 
 # distribution.strategy -> (devices, tpu, gpu, timeouts) -> the strategy.
-# With 'auto' (create_strategy picks one of these), the one list of the
-# choices: config.validate checks against NAMES.
+# With 'auto' (create_strategy picks one of these), config.STRATEGIES
+# (tests/test_configs.py).
 FACTORIES = {
     'one_device': lambda devices, tpu, gpu, timeouts: (
         tf.distribute.OneDeviceStrategy('/gpu:0' if gpu else '/cpu:0')),
@@ -113,9 +98,12 @@ def _make_strategy(name: str, *, devices: tuple[str, ...] | None, tpu: str,
                    ) -> tf.distribute.Strategy:
   """One strategy per process and setting, as TensorFlow expects.
 
-  A second MirroredStrategy in the same process reuses collective keys of the
-  first and fails with "Shape mismatch in the collective instance" (a known
-  TF issue); a TPU system and a multi-worker cluster are set up only once.
+  The controller creates its strategy once and passes it down; this memo is
+  for a process that runs several trainings (the notebook trains five
+  configs in one): a second MirroredStrategy in the same process reuses
+  collective keys of the first and fails with "Shape mismatch in the
+  collective instance" (a known TF issue), and a TPU system and a
+  multi-worker cluster are set up only once.
   """
   strategy = FACTORIES[name](devices, tpu, gpu, dict(timeouts))
   logging.info('Strategy: %s with %d replicas', type(strategy).__name__,
@@ -123,23 +111,29 @@ def _make_strategy(name: str, *, devices: tuple[str, ...] | None, tpu: str,
   return strategy
 
 
-def create_strategy(distribution_config) -> tf.distribute.Strategy:
-  """Returns the strategy named by config.distribution.
+def strategy_name(distribution_config) -> str:
+  """distribution.strategy, its 'auto' made concrete here: TPU on a TPU
+  host; MultiWorkerMirrored where the environment describes a cluster of
+  several workers (TF_CONFIG, a Slurm step, a JobSet's pod:
+  `environment.tf_config`); Mirrored over all GPUs when there are several,
+  or over logical CPUs when cpu_devices is set; else OneDevice."""
+  if distribution_config.strategy != 'auto':
+    return distribution_config.strategy
+  if _tpu_host():
+    return 'tpu'
+  if environment.cluster_size(environment.tf_config()) > 1:
+    return 'multi_worker_mirrored'
+  if (len(tf.config.list_physical_devices('GPU')) > 1 or
+      distribution_config.cpu_devices):
+    return 'mirrored'
+  return 'one_device'
 
-  auto: TPU on a TPU host, Mirrored over all GPUs when there are several,
-  Mirrored over logical CPUs when cpu_devices is set, else OneDevice.
-  """
-  name = distribution_config.strategy
+
+def create_strategy(distribution_config) -> tf.distribute.Strategy:
+  """Returns the strategy `strategy_name` picks for config.distribution."""
+  name = strategy_name(distribution_config)
   cpu_devices = distribution_config.cpu_devices
   gpus = tf.config.list_physical_devices('GPU')
-  if name == 'auto':
-    if _tpu_host():
-      name = 'tpu'
-    elif len(gpus) > 1 or cpu_devices:
-      name = 'mirrored'
-    else:
-      name = 'one_device'
-
   devices = tuple(_logical_cpus(cpu_devices)) if (
       name == 'mirrored' and cpu_devices) else None
   return _make_strategy(
@@ -155,16 +149,6 @@ def device_kind(strategy: tf.distribute.Strategy) -> str:
     return 'TPU'
   device = strategy.extended.worker_devices[0]
   return tf.DeviceSpec.from_string(device).device_type or 'CPU'
-
-
-def is_chief(strategy: tf.distribute.Strategy) -> bool:
-  """True on the one worker that writes logs, metrics and exports."""
-  resolver = strategy.cluster_resolver
-  if resolver is None or not resolver.task_type:
-    return True
-  return (resolver.task_type == 'chief' or
-          (resolver.task_type == 'worker' and resolver.task_id == 0 and
-           'chief' not in resolver.cluster_spec().as_dict()))
 
 
 @dataclasses.dataclass(frozen=True)

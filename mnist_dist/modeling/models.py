@@ -2,17 +2,21 @@
 a deeper conv net for configs/best.py, and the GPU record recipe's small net
 for configs/fast.py.
 
-Every model takes uint8 images [N, 28, 28], scales them by 1/256 on the device
-(as the codelab does) and returns logits [N, 10] in float32: the loss applies
-the softmax itself, in a numerically stable way, and only places that show or
-export probabilities apply it to the output.
+Every model, built-in or the user's, takes float32 images [N, 28, 28] with
+pixels in [0, 1] and returns logits [N, 10] in float32: the loss applies the
+softmax itself, in a numerically stable way, and only places that show or
+export probabilities apply it to the output. The images travel as uint8 (a
+quarter of float32's host memory and host-to-device traffic) and become the
+model's input on the device, in `model_input`, which the training and
+evaluation steps and the export's graph all call.
 
 A model of your own: `--config.model.name=package.module:function`, where
-function(config.model) returns a Keras model of the same contract (uint8
-images [N, 28, 28] in, 10 logits out; docs/design.md has an example). It is
-imported from the Python path, or the folder the trainer is started in, and
-gets what the built-in ones get: every strategy, checkpoints and exact
-resume, the export (which holds its whole graph), predict and LiteRT.
+function(config.model) returns a Keras model of the same contract (float32
+images [N, 28, 28] in [0, 1] in, 10 logits out; docs/design.md has an
+example): a plain `keras.Sequential` of a Keras tutorial. It is imported
+from the Python path, or the folder the trainer is started in, and gets
+what the built-in ones get: every strategy, checkpoints and exact resume,
+the export (which holds its whole graph), predict and LiteRT.
 """
 
 import importlib
@@ -26,6 +30,22 @@ import numpy as np
 from mnist_dist.base.errors import ConfigError
 
 NUM_CLASSES = 10
+# The codelab's factor. 1/255 would round; 1/256 is a power of two.
+PIXEL_SCALE = 1 / 256
+
+
+def model_input(images):
+  """What every model is called on: uint8 images [N, 28, 28] as float32 in
+  [0, 1]. Pixel k becomes k/256 (255 becomes 0.99609375), exact in float32
+  and in bfloat16, whose 8 significant bits hold any k below 256.
+
+  The one place the pixels are scaled: on the device, inside the train and
+  eval steps' graphs and the export's. Exact, so the built-in models train
+  bit for bit as they did with the scaling as their first layer, and a
+  checkpoint of that layout (whose Rescaling layer had no variables)
+  restores into them as it is (tests/test_model_input.py).
+  """
+  return keras.ops.cast(images, 'float32') * PIXEL_SCALE
 
 
 def _dense_softmax(config):
@@ -110,8 +130,8 @@ def _conv_bn_deep(config):
   return stack + [layers.Flatten(), layers.Dropout(config.dropout)]
 
 
-# model.name -> the builder of the layers between the scaled input and the
-# logits layer. The one list of the models: config.validate checks against it.
+# model.name -> the builder of the layers between the input and the
+# logits layer. Its names are config.MODELS (tests/test_configs.py).
 BUILDERS = {
     'dense_softmax': _dense_softmax,
     'dense': _dense,
@@ -150,10 +170,11 @@ def _own_model(model_config) -> keras.Model:
     raise ConfigError(f'model.name={model_config.name!r} returned '
                       f'{type(model).__name__}, not a keras.Model')
   try:
-    shape = tuple(model(np.zeros((2, 28, 28), np.uint8)).shape)
+    shape = tuple(model(model_input(np.zeros((2, 28, 28), np.uint8))).shape)
   except (ValueError, TypeError) as e:
-    raise ConfigError(f'model.name={model_config.name!r} cannot take uint8 '
-                      f'images [N, 28, 28]: {" ".join(str(e).split())}') from e
+    raise ConfigError(f'model.name={model_config.name!r} cannot take float32 '
+                      f'images [N, 28, 28] in [0, 1]: '
+                      f'{" ".join(str(e).split())}') from e
   if shape != (2, NUM_CLASSES):
     raise ConfigError(f'model.name={model_config.name!r} maps 2 images to '
                       f'{shape}, not (2, {NUM_CLASSES}) logits')
@@ -161,13 +182,13 @@ def _own_model(model_config) -> keras.Model:
 
 
 def create_model(model_config) -> keras.Model:
-  """Builds config.model.name; call it inside the strategy's scope."""
+  """Builds config.model.name; call it inside the strategy's scope and on
+  `model_input(images)`."""
   if is_own(model_config.name):
     return _own_model(model_config)
   hidden = BUILDERS[model_config.name](model_config)
   return keras.Sequential(
-      [keras.Input((28, 28), dtype='uint8'), layers.Rescaling(1 / 256),
-       *hidden,
+      [keras.Input((28, 28)), *hidden,
        # Float32 logits even under a mixed precision policy.
        layers.Dense(NUM_CLASSES, dtype='float32', name='logits')],
       name=model_config.name)

@@ -1,7 +1,8 @@
 """The optimizer and its learning-rate schedule.
 
-OPTIMIZERS and SCHEDULES are the one list of each choice (optimizer.name,
-optimizer.schedule): config.validate checks against them.
+OPTIMIZERS and SCHEDULES build the choices of optimizer.name and
+optimizer.schedule, config.OPTIMIZERS and config.SCHEDULES
+(tests/test_configs.py holds the names equal).
 """
 
 import keras

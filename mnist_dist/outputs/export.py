@@ -3,10 +3,11 @@
 The SavedModel's one signature, `serving_default`, takes what MNIST is made
 of, uint8 images [N, 28, 28] (input `images`), and returns what a caller
 wants: `probabilities` (float32 [N, 10], the softmax of the logits) and
-`classes` (int64 [N], the most likely digit). It holds the whole graph, so
-TensorFlow Serving, `saved_model_cli` or plain `tf.saved_model.load` in a
-process that never imports mnist_dist can run it. `SavedModel` is the action
-that writes WORKDIR/export at the end of a run (`outputs.saved_model`).
+`classes` (int64 [N], the most likely digit). It holds the whole graph,
+`models.model_input`'s scaling of the pixels included, so TensorFlow
+Serving, `saved_model_cli` or plain `tf.saved_model.load` in a process that
+never imports mnist_dist can run it. `SavedModel` is the action that writes
+WORKDIR/export at the end of a run (`outputs.saved_model`).
 """
 
 import tempfile
@@ -17,8 +18,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mnist_dist.outputs import actions
 from mnist_dist.base import workdir as workdir_lib
+from mnist_dist.modeling import models
+from mnist_dist.outputs import actions
 
 SIGNATURE = 'serving_default'
 
@@ -53,16 +55,19 @@ def export_saved_model(model: keras.Model, export_dir: str) -> None:
   """Writes model, softmax and argmax included, as a SavedModel to export_dir.
 
   Args:
-    model: a model of `models.create_model` (uint8 images in, logits out),
-      trained under any strategy: only the variables' values are saved. In
-      mixed precision, it is saved computing in float32.
+    model: a model of `models.create_model` (float32 images in [0, 1] in,
+      logits out), trained under any strategy: only the variables' values
+      are saved. In mixed precision, it is saved computing in float32. The
+      export takes uint8 images and scales them as the steps do.
     export_dir: the SavedModel's folder (local or gs://).
   """
   model = _computing_in_float32(model)
 
   def serve(images):
-    # Dropout off, batch norm frozen; float32 whatever the model computes in.
-    logits = tf.cast(model(images, training=False), tf.float32)
+    # uint8 in, scaled here as in training; dropout off, batch norm frozen;
+    # float32 logits whatever the model computes in.
+    logits = tf.cast(model(models.model_input(images), training=False),
+                     tf.float32)
     return {'probabilities': tf.nn.softmax(logits),
             'classes': tf.argmax(logits, axis=-1)}
 

@@ -36,11 +36,16 @@ def _optional(outputs_config) -> list[actions.Action]:
   return chosen
 
 
-def from_config(outputs_config) -> list[actions.Action]:
-  """The actions of config.outputs; metrics.jsonl is always written."""
+def from_config(outputs_config, *,
+                profile_steps: tuple[int, int] | None) -> list[actions.Action]:
+  """The actions of config.outputs; metrics.jsonl is always written.
+
+  profile_steps: outputs.profile_steps as (first, last), or None for off
+  (`config.profile_steps` parses it; this part does not import the config).
+  """
   chosen = [metrics_file.MetricsFile(), tuning.TuningService(),
             *_optional(outputs_config)]
-  steps = profiling.parse_steps(outputs_config.profile_steps)
-  if steps:
-    chosen.append(profiling.Profile(first=steps[0], last=steps[1]))
+  if profile_steps:
+    first, last = profile_steps
+    chosen.append(profiling.Profile(first=first, last=last))
   return chosen

@@ -41,13 +41,13 @@ from ai_edge_litert.interpreter import Interpreter
 import numpy as np
 import tensorflow as tf
 
-from mnist_dist.outputs import actions
 from mnist_dist.base import cli
 from mnist_dist.base import errors
-from mnist_dist.outputs import export
-from mnist_dist.data import input_pipeline
 from mnist_dist.base import paths
 from mnist_dist.base import workdir as workdir_lib
+from mnist_dist.data import input_pipeline
+from mnist_dist.outputs import actions
+from mnist_dist.outputs import export
 
 QUANTIZATIONS = ('none', 'int8')
 FILE_NAMES = {'none': 'model.tflite', 'int8': 'model_int8.tflite'}
@@ -236,7 +236,3 @@ def main(args: argparse.Namespace) -> None:
 def run():
   """Console-script entry point."""
   cli.run(main, flags_parser=_parse_flags)
-
-
-if __name__ == '__main__':
-  run()

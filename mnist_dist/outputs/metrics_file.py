@@ -5,8 +5,8 @@ import json
 from absl import logging
 import tensorflow as tf
 
-from mnist_dist.outputs import actions
 from mnist_dist.base import workdir as workdir_lib
+from mnist_dist.outputs import actions
 
 
 class MetricsFile(actions.Action):

@@ -1,7 +1,7 @@
 r"""Pictures of a run, as PNGs in WORKDIR/plots/, made without retraining.
 
   mnist-dist-plots WORKDIR
-  python -m mnist_dist.outputs.plots WORKDIR
+  python -m mnist_dist.plots WORKDIR
 
 reads WORKDIR/metrics.jsonl, config.json and export/ and writes:
 
@@ -31,15 +31,15 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from mnist_dist.outputs import actions
 from mnist_dist.base import cli
 from mnist_dist.base import errors
-from mnist_dist.outputs import export
+from mnist_dist.base import workdir as workdir_lib
 from mnist_dist.data import idx
 from mnist_dist.data import input_pipeline
-from mnist_dist.outputs import metrics_file
 from mnist_dist.modeling import optimizers
-from mnist_dist.base import workdir as workdir_lib
+from mnist_dist.outputs import actions
+from mnist_dist.outputs import export
+from mnist_dist.outputs import metrics_file
 
 DPI = 100
 WRONG = 'tab:red'
@@ -303,7 +303,3 @@ def main(args: argparse.Namespace) -> None:
 def run():
   """Console-script entry point."""
   cli.run(main, flags_parser=_parse_flags)
-
-
-if __name__ == '__main__':
-  run()

@@ -1,4 +1,4 @@
-"""A TensorFlow profiler trace of chosen training steps (`outputs.profile_steps`).
+"""A TensorFlow profiler trace of chosen training steps (outputs.profile_steps).
 
   --config.outputs.profile_steps=101,200
 
@@ -19,27 +19,16 @@ round trips per loop call).
 from absl import logging
 import tensorflow as tf
 
-from mnist_dist.outputs import actions
 from mnist_dist.base import workdir as workdir_lib
-
-
-def parse_steps(text: str) -> tuple[int, int] | None:
-  """'A,B' (or 'A') as (A, B); '' as None; ValueError for anything else."""
-  text = str(text)
-  if not text.strip():
-    return None
-  parts = [part.strip() for part in text.split(',')]
-  if len(parts) > 2 or not all(part.isdigit() for part in parts):
-    raise ValueError(f'outputs.profile_steps={text!r} must be A,B: the first '
-                     'and last step to profile (or empty: off)')
-  first, last = int(parts[0]), int(parts[-1])
-  if not 1 <= first <= last:
-    raise ValueError(f'outputs.profile_steps={text!r} must have 1 <= A <= B')
-  return first, last
+from mnist_dist.outputs import actions
 
 
 class Profile(actions.Action):
-  """Traces the loop calls that run any of the steps first..last."""
+  """Traces the loop calls that run any of the steps first..last.
+
+  first and last come parsed (`config.profile_steps`), so that checking a
+  config needs no TensorFlow.
+  """
 
   def __init__(self, *, first: int, last: int):
     self._first, self._last = first, last

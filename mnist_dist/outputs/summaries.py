@@ -14,8 +14,9 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from mnist_dist.outputs import actions
 from mnist_dist.base import workdir as workdir_lib
+from mnist_dist.modeling import models
+from mnist_dist.outputs import actions
 
 
 class Summaries:
@@ -68,7 +69,7 @@ class Summaries:
 
 def misclassified(model, split, *, count=8, among=1000) -> np.ndarray:
   """A few digits of split the model gets wrong: uint8 [<= count, 28, 28]."""
-  logits = model(split.images[:among], training=False)
+  logits = model(models.model_input(split.images[:among]), training=False)
   wrong = tf.argmax(logits, axis=-1).numpy() != split.labels[:among]
   return split.images[:among][wrong][:count]
 

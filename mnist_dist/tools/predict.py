@@ -27,10 +27,10 @@ import tensorflow as tf
 
 from mnist_dist.base import cli
 from mnist_dist.base import errors
-from mnist_dist.outputs import export
-from mnist_dist.tools import images
-from mnist_dist.outputs import litert
 from mnist_dist.base import paths
+from mnist_dist.outputs import export
+from mnist_dist.outputs import litert
+from mnist_dist.tools import images
 
 BOX = 20  # MNIST fits each digit into 20x20 pixels...
 SIZE = 28  # ...and centres it by its centre of mass in 28x28.
@@ -135,7 +135,3 @@ def main(args: argparse.Namespace) -> None:
 def run():
   """Console-script entry point."""
   cli.run(main, flags_parser=_parse_flags)
-
-
-if __name__ == '__main__':
-  run()

@@ -1,0 +1,18 @@
+"""`mnist-dist-plots` and `python -m mnist_dist.plots`: the command lives in
+mnist_dist/outputs/plots.py, imported once TensorFlow is set up (the trainer
+imports it too, to draw a run's pictures, and sets TensorFlow up itself)."""
+
+import sys
+
+from mnist_dist.base import console
+
+
+def run():
+  """Console-script entry point."""
+  console.import_tensorflow(sys.argv)  # Before the command's module does.
+  from mnist_dist.outputs import plots
+  plots.run()
+
+
+if __name__ == '__main__':
+  run()
