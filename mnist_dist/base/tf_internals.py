@@ -16,6 +16,7 @@ import contextlib
 import threading
 from typing import MutableMapping
 
+from absl import logging
 import tensorflow as tf
 
 from mnist_dist.base import errors
@@ -46,8 +47,8 @@ def device_datasets_with(options: tf.data.Options):
 
   The wrap is process-wide, so the context holds a lock (one such context
   at a time) and the wrap passes other threads' datasets through untouched.
-  Raises TensorFlowUnsupported if the function is gone, or if the iterators
-  made within did not call it (TensorFlow builds them another way now).
+  Raises TensorFlowUnsupported if the function is gone; warns if the
+  iterators made within did not call it (TensorFlow built them another way).
   """
   # pylint: disable=g-import-not-at-top,g-direct-tensorflow-import
   # pylint: disable=protected-access
@@ -82,7 +83,11 @@ def device_datasets_with(options: tf.data.Options):
     finally:
       multi_device_iterator_ops._create_device_dataset = create
   if not made:
-    raise _unsupported(f'{what} called to make the per-device datasets')
+    # Not an error to stop a run for: the datasets were made, only without
+    # these options (a TPU's input may take another way, unchecked here).
+    logging.warning('%s', _unsupported(
+        f'{what} called to make the per-device datasets (they keep '
+        "tf.data's default options)"))
 
 
 def saved_in_place(checkpoint: tf.train.Checkpoint
