@@ -36,6 +36,7 @@ objects whose saver writes each variable's host copy in its place
 
 import concurrent.futures
 import contextlib
+import os
 import tempfile
 import time
 
@@ -135,21 +136,30 @@ class Checkpointer:
         self.checkpoint, self.directory, max_to_keep=None)
 
   def restore_latest(self) -> str | None:
-    """Restores the newest readable checkpoint; returns its path or None.
+    """Restores the newest readable checkpoint; returns its path, or None
+    when none is listed (a new run).
 
     A checkpoint that cannot be read (a crash while writing it, a damaged
-    disk) is skipped with a warning for the one before it. One that reads
-    but does not fit the model is an error: restoring part of it would
-    silently train something else.
+    disk) is skipped with a warning for the one before it. When none of
+    those listed can be read, CheckpointError names them and nothing is
+    restored: starting from step 0 instead would rewrite the run's metrics
+    and, at its first saves, delete the checkpoints a user may still be able
+    to recover, so starting over is the user's choice, made by moving the
+    folder away. One that reads but does not fit the model is an error too:
+    restoring part of it would silently train something else.
     """
-    for path in reversed(self._reader.checkpoints):
+    listed = self._reader.checkpoints
+    cause = None  # The newest one's, for the error.
+    for path in reversed(listed):
       try:
         status = self.checkpoint.restore(path)
       # The checkpoint reader turns a short read into IndexError.
       except (tf.errors.DataLossError, tf.errors.OutOfRangeError,
               tf.errors.NotFoundError, IndexError) as e:
+        reason = str(e).strip().splitlines()[0]
+        cause = cause or reason
         logging.warning('Checkpoint %s is unreadable (%s); trying the one '
-                        'before it.', path, str(e).strip().splitlines()[0])
+                        'before it.', path, reason)
         continue
       except (ValueError, tf.errors.InvalidArgumentError) as e:
         raise CheckpointError(f'{path} does not fit this model: {e}') from e
@@ -158,6 +168,12 @@ class Checkpointer:
       except AssertionError as e:
         raise CheckpointError(f'{path} does not fit this model: {e}') from e
       return path
+    if listed:
+      names = ', '.join(map(os.path.basename, listed))
+      raise CheckpointError(
+          f'none of the checkpoints in {self.directory} can be read ({names}; '
+          f'the newest: {cause}); nothing was changed: restore them from a '
+          f'copy, or move {self.directory} away to start the run over')
     return None
 
   def save(self, step: int) -> None:
@@ -193,7 +209,7 @@ class Checkpointer:
                    '%.3f s)', path, written_s,
                    written_s if waited_s is None else waited_s)
     else:
-      tf.io.gfile.rmtree(self.manager.directory)
+      workdir_lib.remove(self.manager.directory)
 
   def wait(self) -> None:
     """Returns when no write is in flight; raises its error if it failed."""

@@ -190,6 +190,13 @@ def default_config() -> ml_collections.ConfigDict:
   # the cluster before it gives up ("the cluster could not form", exit 76);
   # TensorFlow's own wait is an hour.
   config.distribution.join_timeout_s = 600.0
+
+  # A start that resumes a run: True accepts values that change how it
+  # trains (train.epochs, the optimizer's, augmentation: the TRAINING_KEYS
+  # of mnist_dist/base/workdir.py), which are otherwise refused; each change
+  # is kept in WORKDIR/config_history.jsonl.
+  config.resume = ml_collections.ConfigDict()
+  config.resume.accept_changes = False
   return config
 
 

@@ -132,22 +132,22 @@ def train_and_evaluate(
       strategy = strategy_lib.create_strategy(config.distribution)
     where.formed = True
     chief = cluster.is_chief(strategy)
-    with workdir_lib.Lock(workdir, enabled=chief):
+    with workdir_lib.Lock(workdir, enabled=chief) as lock:
       run = build_run(config, workdir, strategy=strategy, chief=chief,
                       actions=actions)
       state = resume(run)
       where.step_of = lambda: state.step
-      train_epochs(run, state)
+      train_epochs(run, state, lock)
       cluster.report_phase('finishing')
       finish(run, state)
   return TrainResult(model=run.learner.model, metrics=state.records)
 
 
-def train_epochs(run: Run, state: TrainState) -> None:
+def train_epochs(run: Run, state: TrainState, lock: workdir_lib.Lock) -> None:
   """The epochs, from state.step until state.finished, or a stop."""
   cluster.report_phase('training')
   with (contextlib.closing(run.progress),
-        interrupts.SignalWatch() as signals,
+        interrupts.SignalWatch(failure=lock.lost) as signals,
         # Last: leaving it waits for a checkpoint still being written,
         # before a stop says it is saved or a loss names the newest.
         run.checkpointer):
@@ -187,7 +187,7 @@ def build_run(config, workdir: str, *, strategy: tf.distribute.Strategy,
   kind = strategy_lib.device_kind(strategy)
   settings = strategy_lib.device_settings(
       config.train, device_kind=kind, steps_per_epoch=steps_per_epoch)
-  workdir_lib.check_and_record_config(config, workdir, write=chief)
+  workdir_lib.check_and_record_config(config, workdir, write=False)
   learner = trainable.build_model(config, strategy=strategy,
                                   settings=settings,
                                   steps_per_epoch=steps_per_epoch)
@@ -232,16 +232,15 @@ def resume(run: Run) -> TrainState:
   """Restores the latest checkpoint, if any, and starts the input there."""
   restored = run.checkpointer.restore_latest()
   step = int(run.counters.step.numpy())
+  # Refusals first: config.json, below, is the start's first write.
+  cluster.check_restored(run.strategy, step=step,
+                         saved_on=run.counters.topology if restored else None,
+                         checkpoints=run.checkpointer.directory)
+  workdir_lib.check_and_record_config(run.config, run.workdir, write=run.chief)
   if restored:
     logging.info('Resuming from %s at step %d (%s).', restored, step,
                  f'epoch {step // run.steps_per_epoch + 1}'
                  if step < run.total_steps else 'trained: finishing')
-    workers, replicas = (int(n) for n in run.counters.topology.numpy())
-    saved = cluster.Topology(workers=workers, replicas=replicas)
-    if saved != run.topology:
-      # Safe: the examples of global batch k depend on (seed, k) only.
-      logging.warning('The topology changed: the checkpoint was saved on %s, '
-                      'this run has %s.', saved, run.topology)
   target = run.config.train.stop_at_accuracy
   reached = bool(target) and float(run.counters.eval_accuracy) >= target
   _each(run, 'start', step=step)
@@ -276,11 +275,13 @@ def _save(run: Run, state: TrainState) -> None:
 
 
 def _stop_if_asked(run: Run, state: TrainState, signals) -> None:
-  """Checkpoints and stops if any worker was asked to; a collective."""
-  if run.stop_vote(signals.requested is not None):
+  """Checkpoints and stops if any worker was asked to, or the chief lost the
+  workdir's lock; a collective."""
+  if run.stop_vote(signals.stopping):
     if state.last_saved != state.step:
       _save(run, state)
-    raise errors.Interrupted(signals.requested, state.step, chief=run.chief)
+    raise signals.failure() or errors.Interrupted(
+        signals.requested, state.step, chief=run.chief)
 
 
 def call_train_loop(run: Run, state: TrainState, signals, *,

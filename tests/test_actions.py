@@ -10,6 +10,7 @@ import pytest
 from helpers import ROOT
 from helpers import small_config
 from mnist_dist import train
+from mnist_dist.base import errors
 from mnist_dist.outputs import actions
 from mnist_dist.outputs import metrics_file
 
@@ -85,3 +86,29 @@ def test_the_csv_action_of_the_design_notes_runs(tmp_path):
   assert [int(row['step']) for row in rows] == [16, 32]
   assert [float(row['eval_accuracy']) for row in rows] == pytest.approx(
       [r['eval_accuracy'] for r in metrics_file.read_metrics(str(tmp_path))])
+
+
+def _write_metrics(workdir, lines):
+  with open(os.path.join(workdir, 'metrics.jsonl'), 'wb') as f:
+    f.write(b''.join(line + b'\n' for line in lines))
+
+
+@pytest.mark.parametrize('damaged', [
+    b'{"step": 32, "eval_acc',  # Torn.
+    b'[1, 2]', b'{"epoch": 2}',  # Not a record.
+    b'\xff\xfe'])  # Not UTF-8.
+def test_a_damaged_middle_line_of_the_metrics_is_one_line(tmp_path, damaged):
+  _write_metrics(tmp_path, [b'{"step": 16}', damaged, b'{"step": 48}'])
+  with pytest.raises(errors.WorkdirError,
+                     match=r'metrics.jsonl: line 2 of 3 is damaged'):
+    metrics_file.read_metrics(str(tmp_path))
+
+
+def test_a_trainer_on_damaged_metrics_stops_with_one_line(tmp_path):
+  config = small_config(_DENSE)
+  train.train_and_evaluate(config, str(tmp_path))
+  path = tmp_path / 'metrics.jsonl'
+  first, second = path.read_text().splitlines()
+  path.write_text(f'{first[:30]}\n{second}\n')
+  with pytest.raises(errors.WorkdirError, match='line 1 of 2 is damaged'):
+    train.train_and_evaluate(config, str(tmp_path))

@@ -247,14 +247,18 @@ class Workers:
   the survivors of a fault print and exit with is theirs alone."""
 
   def __init__(self, workdir, count: int, *trainer_flags):
+    """workdir: the one all share, or a list of one per worker (as a
+    workdir per host would be)."""
     local_cluster = launch_script('local_cluster')
     addresses = [f'127.0.0.1:{port}'
                  for port in local_cluster.free_ports(count)]
+    workdirs = workdir if isinstance(workdir, list) else [workdir] * count
     self.processes, self._readers, self.lines = [], [], []
     for index in range(count):
       tf_config = local_cluster.tf_config(addresses, index)
       process = subprocess.Popen(
-          [sys.executable, '-m', 'mnist_dist.main', f'--workdir={workdir}',
+          [sys.executable, '-m', 'mnist_dist.main',
+           f'--workdir={workdirs[index]}',
            *_RUN, '--config.distribution.strategy=multi_worker_mirrored',
            *trainer_flags], cwd=ROOT, env=dict(os.environ, TF_CONFIG=tf_config),
           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -376,3 +380,23 @@ def test_a_worker_declared_gone_under_load_is_a_loss_the_retry_resumes(
   assert '[launcher] restart 1/3' in output and 'Resuming from' in output
   assert 'Traceback' not in output
   assert_same_run(tmp_path, uninterrupted, epochs=2)
+
+
+def test_workers_that_restored_different_steps_all_exit_2(tmp_path):
+  # A workdir per host: the chief's holds a finished run (step 128), worker
+  # 1's nothing. Continuing would give loops of different lengths: a hang,
+  # or a chief that finishes alone.
+  chief, other = tmp_path / 'host0', tmp_path / 'host1'
+  made = run_main(f'--workdir={chief}', *_RUN, timeout=120)
+  assert made.returncode == 0, made.stderr[-3000:]
+  before = sorted(os.listdir(chief / 'checkpoints'))
+  workers = Workers([chief, other], 2)
+  assert workers.finish(timeout=60) == [errors.EXIT_BAD_INPUT] * 2, (
+      workers.output[-3000:])
+  says = (r'the workers restored different steps \(0 to 128; this one {}, '
+          r'from .*host{}/checkpoints\): .*--workdir must be one folder '
+          r'shared by all workers')
+  for worker, step in ((0, 128), (1, 0)):
+    _assert_one_line_each(workers.output, [worker], says.format(step, worker))
+  assert sorted(os.listdir(chief / 'checkpoints')) == before
+  assert not os.path.exists(other / 'metrics.jsonl')

@@ -1,19 +1,26 @@
 """The SavedModel serves the model's softmax and argmax to plain TensorFlow."""
 
+import argparse
 import json
+import os
+import shutil
 import subprocess
 import sys
 
 from absl import logging as absl_logging
 import keras
 import numpy as np
+from PIL import Image
 import pytest
 import tensorflow as tf
 
 from helpers import small_config
+from mnist_dist import train
+from mnist_dist.base import errors
 from mnist_dist.distribution import strategy as strategy_lib
 from mnist_dist.modeling import models
 from mnist_dist.outputs import export
+from mnist_dist.tools import predict
 
 # Run by a fresh interpreter: TensorFlow alone, as a server or a user would.
 _LOAD_AND_PREDICT = """
@@ -139,3 +146,61 @@ def test_a_mixed_precision_model_is_exported_computing_in_float32(tmp_path):
       tf.nn.softmax(plain(models.model_input(images), training=False)).numpy(),
       rtol=1e-5, atol=1e-7)
   assert mixed.dtype_policy.name == 'mixed_bfloat16'  # The model unchanged.
+
+
+def _predict_refusal(export_dir, tmp_path, capsys):
+  """What predict says and exits with for export_dir and one digit."""
+  image = tmp_path / 'digit.png'
+  Image.fromarray(np.pad(np.full((10, 4), 255, np.uint8), 9)).save(image)
+  with pytest.raises(SystemExit) as exit_info:
+    predict.main(argparse.Namespace(model=export_dir, json=False,
+                                    images=[str(image)]))
+  return exit_info.value.code, capsys.readouterr().err
+
+
+def test_an_export_cut_short_is_redone_and_refused_until_then(tmp_path,
+                                                              capsys):
+  config = small_config({'model.name': 'dense', 'outputs.saved_model': True})
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(config, workdir)
+  final = os.path.join(workdir, 'export')
+  marker = os.path.join(final, export.MARKER)
+  with open(marker) as f:
+    assert json.load(f)['files']['saved_model.pb'] > 0  # What it holds.
+  # A complete export is kept by the next start.
+  kept = os.stat(os.path.join(final, 'saved_model.pb')).st_ino
+  train.train_and_evaluate(config, workdir)
+  assert os.stat(os.path.join(final, 'saved_model.pb')).st_ino == kept
+
+  # As a kill during a gs:// rename leaves it: some objects, no marker.
+  os.remove(marker)
+  shutil.rmtree(os.path.join(final, 'variables'))
+  code, err = _predict_refusal(final, tmp_path, capsys)
+  assert code == errors.EXIT_FAILED
+  assert err == (f'error: --model={final}: export/ is incomplete (no '
+                 f'{export.MARKER} in {final}): run the trainer again to redo '
+                 'it\n')
+  assert train.train_and_evaluate(config, workdir).metrics == []  # Untrained.
+  assert os.path.exists(marker)
+  export.load_predict_fn(final)  # Whole again.
+
+  # Only the marker missing (a stop just before it): redone all the same.
+  os.remove(marker)
+  train.train_and_evaluate(config, workdir)
+  assert os.path.exists(marker)
+  assert os.stat(os.path.join(final, 'saved_model.pb')).st_ino != kept
+
+
+def test_an_export_of_an_earlier_version_loads_if_whole(tmp_path, caplog):
+  # Earlier versions wrote no marker; such an export that loads is used.
+  export.export_saved_model(models.create_model(small_config().model),
+                            str(tmp_path))
+  with caplog.at_level('WARNING'):
+    _, classes = export.load_predict_fn(str(tmp_path))(
+        np.zeros((3, 28, 28), np.uint8))
+  assert classes.shape == (3,)
+  assert f'has no {export.MARKER}' in caplog.text
+  export.check_complete(str(tmp_path))  # For LiteRT too.
+  shutil.rmtree(tmp_path / 'variables')  # Not whole: no marker can vouch.
+  with pytest.raises(errors.WorkdirError, match='export/ is incomplete'):
+    export.check_complete(str(tmp_path))

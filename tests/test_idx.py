@@ -3,6 +3,9 @@
 import gzip
 import hashlib
 import os
+import struct
+import tracemalloc
+import zlib
 
 import numpy as np
 import pytest
@@ -57,7 +60,8 @@ def _break(good_dir, name, **kwargs):
 
 
 @pytest.mark.parametrize('damage,message', [
-    ({'cut': 100}, 'truncated or has trailing data'),
+    ({'cut': 100}, r'3052 bytes, but its header \[4, 28, 28\] says 3152; '
+     'the file is truncated'),
     ({'array': np.zeros(6), 'magic': 0x1234}, 'wrong magic number 4660'),
     ({'array': np.zeros((0,)), 'cut': 2}, 'truncated header'),
     ({'array': np.zeros((0,)), 'cut': 7}, 'wrong magic number none'),
@@ -96,8 +100,63 @@ def test_label_out_of_range_is_named(good_dir):
 def test_trailing_data_is_named(good_dir):
   path = good_dir / idx.FILES['test'][1]  # Plain: the byte is outside gzip.
   path.write_bytes(path.read_bytes() + b'\0')
-  with pytest.raises(errors.DataError, match='truncated or has trailing data'):
+  with pytest.raises(errors.DataError, match=(
+      r'more than the 12 bytes its header \[4\] says; the file has '
+      'trailing data')):
     idx.load_split(str(good_dir), 'test')
+
+
+def _write_raw(path, magic, dims, data=b''):
+  """Writes an IDX header of any dimensions, even impossible ones."""
+  path.write_bytes(struct.pack(f'>{1 + len(dims)}i', magic, *dims) + data)
+  return str(path)
+
+
+@pytest.mark.parametrize('magic,dims,size,message', [
+    # As many bytes as the product says: only the signs are wrong.
+    (idx.IMAGES_MAGIC, (-1, -28, 28), 784,
+     r'its header \[-1, -28, 28\] has a dimension under 1'),
+    (idx.IMAGES_MAGIC, (0, 28, 28), 0, 'has a dimension under 1'),
+    # 2**64 values: 0 in int64, as many as the file holds.
+    (idx.IMAGES_MAGIC, (2**30, 2**30, 16), 0,
+     'says 18,446,744,073,709,551,616 values, more than the 268,435,456'),
+    (idx.IMAGES_MAGIC, (2**20, 28, 28), 0,
+     'says 822,083,584 values, more than the 268,435,456 this reads'),
+    # float32 images: an IDX type, not the one expected.
+    (0x0D03, (1, 28, 28), 4 * 784,
+     r'wrong magic number 3331 \(0x00000d03: float32, 3 dimensions\), '
+     r'expected 2051 \(0x00000803: uint8, 3 dimensions\)'),
+    (0x0703, (1, 28, 28), 784, r'\(0x00000703: no IDX type\)'),
+])
+def test_a_header_that_lies_is_refused(tmp_path, magic, dims, size, message):
+  path = _write_raw(tmp_path / 'images', magic, dims, bytes(size))
+  with pytest.raises(errors.DataError, match=f'^{path}: .*{message}'):
+    idx.read_idx(path, magic=idx.IMAGES_MAGIC)
+
+
+@pytest.mark.parametrize('compress', [False, True])
+def test_a_file_is_read_no_further_than_its_header_says(tmp_path, compress):
+  # 4 labels, then 200 MB of zeros: gzipped, a bomb of 200 kB, made in
+  # pieces; plain, a sparse file.
+  path = tmp_path / 'labels'
+  _write_raw(path, idx.LABELS_MAGIC, (4,), bytes(4))
+  zeros = 200 * 2**20
+  if compress:
+    compressor = zlib.compressobj(wbits=31)  # The gzip format.
+    pieces = [compressor.compress(path.read_bytes())]
+    pieces += [compressor.compress(bytes(2**20)) for _ in range(zeros >> 20)]
+    path.write_bytes(b''.join(pieces) + compressor.flush())
+  else:
+    with open(path, 'r+b') as f:
+      f.truncate(12 + zeros)
+  tracemalloc.start()
+  try:
+    with pytest.raises(errors.DataError, match='the file has trailing data'):
+      idx.read_idx(str(path), magic=idx.LABELS_MAGIC)
+    peak = tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+  assert peak < 2**20
 
 
 def test_images_of_another_size_are_named(good_dir):
@@ -108,9 +167,14 @@ def test_images_of_another_size_are_named(good_dir):
     idx.load_split(str(good_dir), 'test')
 
 
-def test_truncated_gzip_is_named(good_dir):
+@pytest.mark.parametrize('damage', [
+    lambda data: data[:200],
+    # The first block's header, past gzip's: zlib's error, not an OSError.
+    lambda data: data[:10] + b'\xff' * 4 + data[14:],
+])
+def test_truncated_or_damaged_gzip_is_named(good_dir, damage):
   path = good_dir / (idx.FILES['train'][0] + '.gz')
-  path.write_bytes(path.read_bytes()[:200])
+  path.write_bytes(damage(path.read_bytes()))
   with pytest.raises(errors.DataError, match='corrupt or truncated gzip'):
     idx.load_split(str(good_dir), 'train')
 

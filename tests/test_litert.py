@@ -3,6 +3,7 @@
 import argparse
 import os
 import re
+import shutil
 
 from ai_edge_litert.interpreter import Interpreter
 import numpy as np
@@ -119,3 +120,17 @@ def test_a_workdir_without_export_is_one_error_line(tmp_path, capsys):
   assert capsys.readouterr().err == (
       f'error: {workdir}/export: no SavedModel; training writes it at its '
       'end, unless outputs.saved_model=False\n')
+
+
+def test_an_export_cut_short_is_one_error_line(tmp_path, capsys):
+  workdir = str(tmp_path / 'run')
+  _untrained_run(workdir)
+  export_dir = workdir_lib.path(workdir, workdir_lib.EXPORT)
+  shutil.rmtree(os.path.join(export_dir, 'variables'))  # A copy cut short.
+  with pytest.raises(SystemExit) as exit_info:
+    litert.main(argparse.Namespace(workdir=workdir, format='litert',
+                                   quantize='none'))
+  assert exit_info.value.code == errors.EXIT_FAILED
+  assert capsys.readouterr().err == (
+      f'error: export/ is incomplete (no {export.MARKER} in {export_dir}): '
+      'run the trainer again to redo it\n')

@@ -27,9 +27,9 @@ RED = np.array([214, 39, 40])  # matplotlib's tab:red, plots.WRONG.
 def workdir(tmp_path_factory):
   """A finished 2-epoch run on synthetic data, config.json and export too."""
   workdir = tmp_path_factory.mktemp('run')
-  result = train.train_and_evaluate(small_config({'train.epochs': 2}),
-                                    str(workdir))
-  export.export_saved_model(result.model, str(workdir / 'export'))
+  train.train_and_evaluate(
+      small_config({'train.epochs': 2, 'outputs.saved_model': True}),
+      str(workdir))
   return workdir
 
 
@@ -66,6 +66,27 @@ def test_without_an_export_only_the_curves(workdir, tmp_path):
     shutil.copy(workdir / name, tmp_path / name)
   assert plots.make_all(str(tmp_path), dpi=50) == [
       str(tmp_path / 'plots' / name) for name in NAMES[:2]]
+
+
+def test_an_export_cut_short_makes_no_predictions(workdir, tmp_path, caplog):
+  for name in ('config.json', 'metrics.jsonl'):
+    shutil.copy(workdir / name, tmp_path / name)
+  # As a stop during a gs:// rename leaves it: no marker, no variables.
+  shutil.copytree(workdir / 'export', tmp_path / 'export',
+                  ignore=shutil.ignore_patterns(export.MARKER, 'variables'))
+  assert plots.make_all(str(tmp_path), dpi=50) == [
+      str(tmp_path / 'plots' / name) for name in NAMES[:2]]
+  assert 'export/ is incomplete' in caplog.text
+
+
+def test_damaged_metrics_are_one_error_line(workdir, tmp_path, capsys):
+  shutil.copy(workdir / 'config.json', tmp_path / 'config.json')
+  (tmp_path / 'metrics.jsonl').write_text('{"step": 1\n{"step": 2}\n')
+  with pytest.raises(SystemExit) as exit_info:
+    plots.main(argparse.Namespace(workdir=str(tmp_path), dpi=50))
+  assert exit_info.value.code == 1
+  assert capsys.readouterr().err.startswith(
+      f'error: {tmp_path}/metrics.jsonl: line 1 of 2 is damaged')
 
 
 def test_the_grid_marks_exactly_the_wrong_predictions(predicted, tmp_path):

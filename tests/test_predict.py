@@ -158,6 +158,22 @@ def _png(width, height, *, bits=1):
           chunk(b'IDAT', pixels) + chunk(b'IEND', b''))
 
 
+def _jpeg_of_scans(picture, scans):
+  """A progressive JPEG of picture, its smallest scan repeated to make `scans`.
+
+  Each repetition is a few bytes, and one more pass over the whole image for
+  a decoder that takes it (libjpeg only warns of such a progression).
+  """
+  buffer = io.BytesIO()
+  picture.save(buffer, 'JPEG', progressive=True)
+  whole = buffer.getvalue()
+  starts = [found.start() for found in re.finditer(b'\xff\xda', whole)]
+  end = whole.rindex(b'\xff\xd9')
+  smallest = min((whole[start:stop] for start, stop in
+                  zip(starts, [*starts[1:], end])), key=len)
+  return (whole[:end] + smallest * (scans - len(starts)) + whole[end:])
+
+
 @pytest.fixture(scope='module')
 def hostile_files(tmp_path_factory):
   """What users and web forms hand in, readable or not.
@@ -231,6 +247,11 @@ def hostile_files(tmp_path_factory):
     with open(path(name), 'wb') as f:
       f.write(buffer.getvalue()[:len(buffer.getvalue()) // 2])
     refused[path(name)] = 'cannot decode ('
+  # 12 megapixels, 800 kB: each scan a few more milliseconds to decode.
+  with open(path('many_scans.jpg'), 'wb') as f:
+    f.write(_jpeg_of_scans(page('8').resize((4000, 3000)), 12000))
+  refused[path('many_scans.jpg')] = (
+      'a JPEG of 12000 scans: more than the 100 this decodes')
   with open(path('too_long.png'), 'wb') as f:
     f.truncate(64 * 2**20 + 1)  # Sparse: no time or disk to write it.
   refused[path('too_long.png')] = 'larger than 64 MiB'
@@ -313,6 +334,15 @@ def test_a_huge_jpeg_is_decoded_at_a_reduced_scale(hostile_files):
   (path,) = [path for path in readable if path.endswith('huge.jpg')]
   # 8100x5400 at 1/4: the smallest scale that keeps 1024 pixels a side.
   assert images.load(path).size == (2025, 1350)
+
+
+def test_a_jpeg_of_too_many_scans_is_refused_before_decoding():
+  picture = _draw('2', size=30, ink=(0, 90, 0), paper='white')
+  with pytest.raises(ValueError, match=(
+      '^a JPEG of 101 scans: more than the 100 this decodes$')):
+    images.decode(_jpeg_of_scans(picture, 101))
+  decoded = images.decode(_jpeg_of_scans(picture, 100))
+  assert decoded.size == picture.size and decoded.info['progressive']
 
 
 # Run by a fresh interpreter: the peak of its resident memory (Linux's

@@ -158,12 +158,68 @@ def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
     f.truncate(os.path.getsize(data_file) // 2)
   caplog.set_level(logging.INFO)
   result = train.train_and_evaluate(
-      _config(tmp_path, **{'train.epochs': 3}), str(tmp_path))
+      _config(tmp_path, **{'train.epochs': 3,
+                           'resume.accept_changes': True}), str(tmp_path))
   assert f'Checkpoint {latest} is unreadable' in caplog.text
   assert f'Resuming from {previous}' in caplog.text
   with open(tmp_path / 'metrics.jsonl') as f:
     assert [json.loads(line)['epoch'] for line in f] == [1, 2, 3]
   assert result.metrics[-1]['epoch'] == 3
+
+
+def _truncate_every_checkpoint(workdir) -> list[str]:
+  """Cuts every checkpoint's data files in half, as a power loss can leave
+  them; returns the checkpoints' paths."""
+  listed = tf.train.get_checkpoint_state(
+      str(workdir / 'checkpoints')).all_model_checkpoint_paths
+  for path in listed:
+    for data_file in tf.io.gfile.glob(path + '.data-*'):
+      with open(data_file, 'r+b') as f:
+        f.truncate(os.path.getsize(data_file) // 2)
+  return list(listed)
+
+
+def _files(workdir) -> dict[str, bytes]:
+  """{path relative to workdir: contents} of every file under workdir."""
+  return {os.path.relpath(os.path.join(folder, name), workdir):
+          open(os.path.join(folder, name), 'rb').read()
+          for folder, _, names in os.walk(workdir) for name in names}
+
+
+def test_no_readable_checkpoint_is_refused_and_changes_nothing(tmp_path):
+  train.train_and_evaluate(_config(tmp_path), str(tmp_path))
+  listed = _truncate_every_checkpoint(tmp_path)
+  before = _files(tmp_path)
+  # A value changed too, which config.json would record.
+  with pytest.raises(errors.CheckpointError) as refused:
+    train.train_and_evaluate(_config(tmp_path, **{'checkpoint.keep': 5}),
+                             str(tmp_path))
+  message = str(refused.value)
+  assert message.startswith(
+      f'none of the checkpoints in {tmp_path / "checkpoints"} can be read (')
+  assert all(os.path.basename(path) in message for path in listed), message
+  assert f'move {tmp_path / "checkpoints"} away to start the run over' in (
+      message)
+  assert _files(tmp_path) == before
+  # Starting over, the documented way.
+  os.rename(tmp_path / 'checkpoints', tmp_path / 'damaged')
+  again = train.train_and_evaluate(_config(tmp_path), str(tmp_path))
+  assert [r['step'] for r in again.metrics] == [16]
+
+
+@pytest.mark.slow  # A trainer process.
+def test_no_readable_checkpoint_exits_2_with_one_line(tmp_path):
+  flags = (f'--workdir={tmp_path}', '--config=configs/dense.py',
+           '--config.data.source=synthetic',
+           '--config.data.synthetic_train_examples=1024',
+           '--config.data.synthetic_eval_examples=1000',
+           '--config.train.epochs=1', '--config.checkpoint.every_steps=3')
+  assert run_main(*flags, timeout=120).returncode == 0
+  _truncate_every_checkpoint(tmp_path)
+  before = _files(tmp_path)
+  process = run_main(*flags, timeout=120)
+  assert_refused(process, says='error: none of the checkpoints in ')
+  assert _files(tmp_path) == before
 
 
 def test_workdir_of_another_model_is_refused_by_name(tmp_path):
@@ -188,7 +244,8 @@ def _absurd_lr(tmp_path, mode):
                            str(tmp_path))
   return _config(tmp_path, **{
       'optimizer.name': 'sgd', 'optimizer.learning_rate': 1e30,
-      'train.epochs': 2, 'train.on_nonfinite_loss': mode})
+      'train.epochs': 2, 'train.on_nonfinite_loss': mode,
+      'resume.accept_changes': True})
 
 
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -213,7 +270,8 @@ def test_nonfinite_steps_are_skipped_on_every_replica_the_others_train(
         _config(tmp_path, **{'optimizer.name': 'sgd', **devices}), workdir)
     result = train.train_and_evaluate(_config(tmp_path, **{
         'optimizer.name': 'sgd', 'optimizer.learning_rate': 1e30,
-        'train.epochs': 2, 'train.on_nonfinite_loss': 'skip', **devices}),
+        'train.epochs': 2, 'train.on_nonfinite_loss': 'skip',
+        'resume.accept_changes': True, **devices}),
                                       workdir)
     (record,) = result.metrics
     assert record['epoch'] == 2 and record['step'] == 32

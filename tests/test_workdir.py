@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import types
 
@@ -26,6 +27,7 @@ from mnist_dist import train
 from mnist_dist import trainable
 from mnist_dist.base import errors
 from mnist_dist.base import workdir as workdir_lib
+from mnist_dist.outputs import actions as actions_lib
 from mnist_dist.outputs import metrics_file
 
 _SMALL = ('--config=configs/dense.py', '--config.data.source=synthetic',
@@ -71,7 +73,8 @@ def test_a_file_is_on_disk_before_it_takes_the_name(tmp_path, monkeypatch):
       events.append(('replace', src, dst)), replace(src, dst)))
   path = str(tmp_path / 'f')
   workdir_lib.write_atomically(path, 'data')
-  temporary = workdir_lib.temporary_name(path)
+  temporary = events[0][1]
+  assert temporary.startswith(f'{path}.tmp-{os.getpid()}-')
   assert events == [('fsync', temporary), ('replace', temporary, path)]
   assert (tmp_path / 'f').read_text() == 'data'
 
@@ -199,6 +202,280 @@ def test_a_live_lock_of_this_host_is_respected(tmp_path):
     with workdir_lib.Lock(str(tmp_path)):
       pass
   assert (tmp_path / workdir_lib.LOCK).exists()
+
+
+# --- Issue 33, items 1 and 2: nothing outside the workdir; the lock. -------
+
+
+def _outside(tmp_path):
+  """A folder outside the workdir holding a file, and a file: what planted
+  links point to. Returns (folder, file, a snapshot of both)."""
+  folder = tmp_path / 'outside'
+  folder.mkdir()
+  (folder / 'precious').write_text('precious')
+  file = tmp_path / 'outside.txt'
+  file.write_text('outside')
+
+  def snapshot():
+    return (sorted(p.name for p in folder.iterdir()),
+            (folder / 'precious').read_text(), file.read_text())
+  return folder, file, snapshot
+
+
+@pytest.mark.parametrize('folder', ['', 'plots', 'export', 'checkpoints'])
+def test_links_planted_in_the_workdir_lead_nowhere_outside(tmp_path, folder):
+  outside_folder, outside_file, snapshot = _outside(tmp_path)
+  before = snapshot()
+  workdir = tmp_path / 'workdir'
+  where = workdir / folder
+  where.mkdir(parents=True)
+  links = {  # Named like temporaries, and like files the run writes.
+      'metrics.jsonl.tmp-4242': outside_folder,
+      'predictions.png.tmp-4242-0123abcd': outside_file,
+      'model.tflite.tmp-4242': outside_folder / 'precious',
+      # Where a predictable temporary of a write would be.
+      f'written.json.tmp-{os.getpid()}': outside_file,
+      'written.json': outside_file}
+  for name, target in links.items():
+    (where / name).symlink_to(target)
+  leftovers = [where / 'a.png.tmp-4242-00ff', where / 'export.tmp-4242']
+  leftovers[0].write_text('half')
+  leftovers[1].mkdir()
+  (leftovers[1] / 'saved_model.pb').write_text('half')
+  with workdir_lib.Lock(str(workdir)):  # Cleans up.
+    workdir_lib.write_atomically(str(where / 'written.json'), 'new')
+    workdir_lib.write_atomically(str(where / 'metrics.jsonl'), 'new')
+  assert snapshot() == before
+  # The links named like temporaries are not the project's: left alone.
+  assert all((where / name).is_symlink() for name in list(links)[:4])
+  # A link at a written path is replaced, not written through.
+  assert not (where / 'written.json').is_symlink()
+  assert (where / 'written.json').read_text() == 'new'
+  if folder in ('', 'plots', 'export'):  # Where temporaries are written.
+    assert not [path for path in leftovers if path.exists()]
+
+
+def test_remove_deletes_a_link_never_what_it_points_to(tmp_path):
+  outside_folder, outside_file, snapshot = _outside(tmp_path)
+  before = snapshot()
+  workdir = tmp_path / 'workdir'
+  workdir.mkdir()
+  (workdir / 'export').symlink_to(outside_folder)
+  (workdir / 'plots').mkdir()
+  (workdir / 'plots' / 'inner').symlink_to(outside_folder)
+  (workdir / 'plots' / 'file').symlink_to(outside_file)
+  workdir_lib.remove(str(workdir / 'export'))
+  workdir_lib.remove(str(workdir / 'plots'))
+  assert snapshot() == before
+  assert not os.path.lexists(workdir / 'export')
+  assert not os.path.lexists(workdir / 'plots')
+
+
+def test_a_temporary_name_is_unpredictable_and_created_exclusively(
+    tmp_path, monkeypatch):
+  path = str(tmp_path / 'metrics.jsonl')
+  assert workdir_lib.temporary_name(path) != workdir_lib.temporary_name(path)
+  _, outside_file, snapshot = _outside(tmp_path)
+  before = snapshot()
+  # Were a name guessed, whatever is there is never opened: a link or a file.
+  guessed = tmp_path / 'guessed'
+  monkeypatch.setattr(workdir_lib, 'temporary_name', lambda path: guessed)
+  for planted in (lambda: guessed.symlink_to(outside_file),
+                  lambda: guessed.write_text('someone else\'s')):
+    planted()
+    with pytest.raises(FileExistsError):
+      workdir_lib.write_atomically(path, 'data')
+    assert snapshot() == before
+    if not guessed.is_symlink():
+      assert guessed.read_text() == 'someone else\'s'
+    guessed.unlink()
+  assert not os.path.exists(path)
+
+
+def _sleeper():
+  """A live process other than this one, as another starter would be: its
+  pid and identity. The caller kills it."""
+  process = subprocess.Popen(['sleep', '600'])
+  return process, {'pid': process.pid, **_identity(process.pid)}
+
+
+def _starter(workdir, sleeper):
+  """A Lock of workdir as another process (sleeper's) would hold it."""
+  lock = workdir_lib.Lock(str(workdir))
+  lock._holder.update(sleeper[1])  # pylint: disable=protected-access
+  return lock
+
+
+def test_of_two_starters_on_a_stale_lock_exactly_one_wins(tmp_path,
+                                                           monkeypatch):
+  sleepers = [_sleeper(), _sleeper()]
+  # Both judge the lock stale before either acts on it: the race made sure.
+  barrier = threading.Barrier(2, timeout=2)
+  judge = workdir_lib.Lock._stale_because  # pylint: disable=protected-access
+
+  def judged_together(self, *args):
+    reason = judge(self, *args)
+    try:
+      barrier.wait()
+    except threading.BrokenBarrierError:
+      pass
+    return reason
+  monkeypatch.setattr(workdir_lib.Lock, '_stale_because', judged_together)
+  try:
+    for _ in range(20):
+      _write_lock(tmp_path, pid=_dead_pid())
+      barrier.reset()
+      locks = [_starter(tmp_path, sleeper) for sleeper in sleepers]
+      outcomes = [None, None]
+
+      def start(i):
+        try:
+          locks[i].__enter__()
+          outcomes[i] = 'won'
+        except Exception as e:  # pylint: disable=broad-except
+          outcomes[i] = e
+      threads = [threading.Thread(target=start, args=(i,)) for i in (0, 1)]
+      for thread in threads:
+        thread.start()
+      for thread in threads:
+        thread.join()
+      assert outcomes.count('won') == 1, outcomes
+      winner = outcomes.index('won')
+      loser = outcomes[1 - winner]
+      assert isinstance(loser, errors.WorkdirError), repr(loser)
+      assert '\n' not in str(loser)
+      held = json.loads((tmp_path / workdir_lib.LOCK).read_text())
+      assert held['pid'] == sleepers[winner][1]['pid']
+      locks[winner].__exit__(None, None, None)
+      assert not (tmp_path / workdir_lib.LOCK).exists()
+  finally:
+    for process, _ in sleepers:
+      process.kill()
+      process.wait()
+
+
+def test_a_late_starter_never_takes_the_lock_a_quicker_one_just_took(
+    tmp_path, monkeypatch):
+  # The late one judged the old lock stale; by the time it acts, the quick
+  # one has replaced that lock with its own, which is not stale.
+  sleepers = [_sleeper(), _sleeper()]
+  late_judged, quick_done = threading.Event(), threading.Event()
+  judge = workdir_lib.Lock._stale_because  # pylint: disable=protected-access
+  late = _starter(tmp_path, sleepers[1])
+
+  def slow_for_late(self, *args):
+    reason = judge(self, *args)
+    if self is late:
+      late_judged.set()
+      quick_done.wait(10)
+    return reason
+  monkeypatch.setattr(workdir_lib.Lock, '_stale_because', slow_for_late)
+  _write_lock(tmp_path, pid=_dead_pid())
+  outcome = []
+  thread = threading.Thread(target=lambda: outcome.append(
+      pytest.raises(errors.WorkdirError, late.__enter__)))
+  try:
+    thread.start()
+    assert late_judged.wait(10)  # It has read the stale lock, judged it.
+    with _starter(tmp_path, sleepers[0]):
+      quick_done.set()
+      thread.join()
+      held = json.loads((tmp_path / workdir_lib.LOCK).read_text())
+      assert held['pid'] == sleepers[0][1]['pid']  # Still the quick one's.
+  finally:
+    quick_done.set()
+    for process, _ in sleepers:
+      process.kill()
+      process.wait()
+  assert 'just taken by another trainer' in str(outcome[0].value)
+
+
+def test_an_empty_lock_is_respected_while_fresh(tmp_path):
+  lock_path = tmp_path / workdir_lib.LOCK
+  lock_path.write_text('')  # Created, not yet written, by another starter.
+  with pytest.raises(errors.WorkdirError, match='is being taken by another'):
+    with workdir_lib.Lock(str(tmp_path)):
+      pass
+  assert lock_path.read_text() == ''
+  old = time.time() - 3600  # Left empty by a crash, long ago.
+  os.utime(lock_path, (old, old))
+  with workdir_lib.Lock(str(tmp_path)):
+    assert json.loads(lock_path.read_text())['pid'] == os.getpid()
+
+
+def _taken_by_another(lock_path, sleeper):
+  workdir_lib.write_atomically(str(lock_path), json.dumps(
+      {'host': socket.gethostname(), 'started': '2026-01-01T00:00:00+00:00',
+       'renewed': time.time(), **sleeper[1]}))
+
+
+def _lost(lock):
+  deadline = time.time() + 10
+  while lock.lost() is None and time.time() < deadline:
+    time.sleep(0.02)
+  return lock.lost()
+
+
+def test_a_renewer_that_lost_the_lock_stops_the_run(tmp_path, monkeypatch):
+  monkeypatch.setattr(workdir_lib.Lock, 'RENEW_S', 0.02)
+  lock_path = tmp_path / workdir_lib.LOCK
+  sleeper = _sleeper()
+  try:
+    lock = workdir_lib.Lock(str(tmp_path))
+    with pytest.raises(errors.WorkdirError) as raised:
+      with lock:
+        _taken_by_another(lock_path, sleeper)
+        assert _lost(lock) is not None
+    assert json.loads(lock_path.read_text())['pid'] == sleeper[0].pid
+  finally:
+    sleeper[0].kill()
+    sleeper[0].wait()
+  assert str(raised.value) == (
+      f'{tmp_path}: lost its lock to another trainer ({lock_path} names pid '
+      f'{sleeper[0].pid} on {socket.gethostname()}); stopped, keeping the '
+      'last checkpoint: run one trainer at a time per workdir')
+
+
+def test_a_renewer_that_cannot_write_the_lock_stops_the_run(tmp_path,
+                                                            monkeypatch):
+  monkeypatch.setattr(workdir_lib.Lock, 'RENEW_S', 0.02)
+  lock = workdir_lib.Lock(str(tmp_path))
+  with pytest.raises(errors.WorkdirError,
+                     match='cannot renew its lock .*No space left on device'):
+    with lock:
+      def full(*args):
+        raise OSError(28, 'No space left on device')
+      monkeypatch.setattr(os, 'pwrite', full)
+      monkeypatch.setattr(os, 'replace', full)
+      assert _lost(lock) is not None
+
+
+def test_a_trainer_that_lost_its_lock_saves_and_stops(tmp_path, monkeypatch):
+  monkeypatch.setattr(workdir_lib.Lock, 'RENEW_S', 0.02)
+  locks = []
+  enter = workdir_lib.Lock.__enter__
+  monkeypatch.setattr(workdir_lib.Lock, '__enter__',
+                      lambda self: locks.append(self) or enter(self))
+  sleeper = _sleeper()
+
+  class Thief(actions_lib.Action):
+    """Takes the lock over after the first of the epoch's two loops."""
+
+    def loop_end(self, context, **kwargs):
+      if not locks[0].lost():
+        _taken_by_another(tmp_path / workdir_lib.LOCK, sleeper)
+        _lost(locks[0])
+  try:
+    with pytest.raises(errors.WorkdirError, match='lost its lock'):
+      train.train_and_evaluate(_dense(), str(tmp_path), actions=[Thief()])
+    held = json.loads((tmp_path / workdir_lib.LOCK).read_text())
+    assert held['pid'] == sleeper[0].pid  # Not released: not ours.
+  finally:
+    sleeper[0].kill()
+    sleeper[0].wait()
+  # Saved at the end of the loop where the loss was seen, mid-epoch.
+  assert tf.train.latest_checkpoint(
+      str(tmp_path / workdir_lib.CHECKPOINTS)).endswith('-8')
 
 
 @pytest.mark.slow  # Two runs, an export and plots.
@@ -401,3 +678,97 @@ def test_a_trainer_restarted_in_place_resumes(tmp_path):
   assert second.returncode == 0, stderr[-3000:]
   assert 'Resuming from' in stderr and 'Taking over' in stderr
   assert not (tmp_path / workdir_lib.LOCK).exists()
+
+
+# --- A resumed run's changed values (issue 33, item 10) ----------------------
+
+
+def _flat_keys(config_dict, prefix=''):
+  for key, value in config_dict.items():
+    if isinstance(value, dict):
+      yield from _flat_keys(value, f'{prefix}{key}.')
+    else:
+      yield f'{prefix}{key}'
+
+
+def test_every_config_key_says_what_a_resume_may_change():
+  lists = (workdir_lib.RUN_DEFINING_KEYS, workdir_lib.TRAINING_KEYS,
+           workdir_lib.FREE_KEYS)
+  classified = [key for keys in lists for key in keys]
+  assert len(classified) == len(set(classified))  # Each in one list only.
+  # small_config: config.default_config with other values, the same keys.
+  assert sorted(classified) == sorted(_flat_keys(
+      json.loads(small_config().to_json())))
+
+
+def _history(workdir):
+  path = workdir / workdir_lib.CONFIG_HISTORY
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+_COSINE = {'optimizer.schedule': 'cosine'}  # Its shape is train.epochs'.
+
+
+def test_a_resume_that_changes_training_is_refused_naming_each(tmp_path):
+  workdir_lib.check_and_record_config(small_config(_COSINE), str(tmp_path),
+                                      write=True)
+  recorded = (tmp_path / workdir_lib.CONFIG).read_text()
+  changed = small_config({**_COSINE, 'train.epochs': 3,
+                          'optimizer.learning_rate': 0.1,
+                          'outputs.plots': True})
+  with pytest.raises(errors.WorkdirError) as refusal:
+    workdir_lib.check_and_record_config(changed, str(tmp_path), write=True)
+  message = str(refusal.value)
+  assert '\n' not in message
+  assert 'train.epochs: 1 -> 3; optimizer.learning_rate: 0.01 -> 0.1' in (
+      message)
+  assert '--config.resume.accept_changes=True' in message
+  assert 'outputs.plots' not in message  # Free.
+  assert (tmp_path / workdir_lib.CONFIG).read_text() == recorded
+  assert not _history(tmp_path)
+
+
+def test_accepted_changes_are_recorded_in_the_history(tmp_path):
+  workdir_lib.check_and_record_config(small_config(_COSINE), str(tmp_path),
+                                      write=True)
+  changed = {**_COSINE, 'train.epochs': 3, 'optimizer.learning_rate': 0.1}
+  workdir_lib.check_and_record_config(
+      small_config({**changed, 'resume.accept_changes': True}),
+      str(tmp_path), write=True)
+  assert workdir_lib.read_config(str(tmp_path)).train.epochs == 3
+  (record,) = _history(tmp_path)
+  assert record['changed'] == {'train.epochs': [1, 3],
+                               'optimizer.learning_rate': [0.01, 0.1]}
+  assert record['time']
+  # The next start, without the flag, resumes the run as it now is.
+  workdir_lib.check_and_record_config(small_config(changed), str(tmp_path),
+                                      write=True)
+  assert len(_history(tmp_path)) == 1  # The flag itself is no change.
+
+
+def test_a_change_of_an_output_passes_and_is_recorded(tmp_path):
+  workdir_lib.check_and_record_config(small_config(), str(tmp_path),
+                                      write=True)
+  # More epochs too: the exponential schedule does not depend on them.
+  workdir_lib.check_and_record_config(
+      small_config({'outputs.plots': True, 'checkpoint.keep': 5,
+                    'train.epochs': 4}), str(tmp_path), write=True)
+  assert [r['changed'] for r in _history(tmp_path)] == [
+      {'checkpoint.keep': [3, 5], 'outputs.plots': [False, True],
+       'train.epochs': [1, 4]}]
+
+
+def test_a_trainer_resuming_with_another_schedule_is_refused(tmp_path):
+  train.train_and_evaluate(_dense(**_COSINE), str(tmp_path))
+  with pytest.raises(errors.WorkdirError,
+                     match=r'train.epochs: 1 -> 2\)'):
+    train.train_and_evaluate(_dense(**_COSINE, **{'train.epochs': 2}),
+                             str(tmp_path))
+  longer = train.train_and_evaluate(
+      _dense(**_COSINE, **{'train.epochs': 2, 'resume.accept_changes': True}),
+      str(tmp_path))
+  assert [r['epoch'] for r in longer.metrics] == [2]  # Trained on.
+  assert [r['changed'] for r in _history(tmp_path)] == [
+      {'train.epochs': [1, 2]}]

@@ -47,7 +47,9 @@ class WorkdirError(Error):
 
 
 class CheckpointError(Error):
-  """A checkpoint that reads but does not fit the model being trained."""
+  """Checkpoints that cannot continue this run: one that reads but does not
+  fit the model, none of the listed ones readable, or workers that restored
+  different steps."""
 
 
 class TensorFlowUnsupported(Error):

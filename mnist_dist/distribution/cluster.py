@@ -24,6 +24,9 @@ the others waiting in a collective that can never complete. Two rules follow.
   exits 76, and relaunching the cluster resumes from the chief's checkpoint.
   A worker declared gone while alive (starved of CPU past the timeout) is a
   loss like any other: every worker exits 76, and the relaunch resumes.
+- **Every worker continues from the same step** (`check_restored`). Each
+  restores from the workdir on its own; a workdir per host would give
+  loops of different lengths, so a mismatch is refused on every worker.
 - **A worker says whether it has anything to save** (`report_phase`), so a
   supervisor stops those that have not at once: before its first step a
   worker holds nothing the chief's checkpoint does not.
@@ -42,8 +45,11 @@ import sys
 import threading
 from typing import Callable
 
+from absl import logging
 import tensorflow as tf
 
+from mnist_dist.base import workdir as workdir_lib
+from mnist_dist.base.errors import CheckpointError
 from mnist_dist.base.errors import WorkerLost
 from mnist_dist.distribution import strategy as strategy_lib
 
@@ -232,9 +238,7 @@ def report_phase(phase: str) -> None:
   which the next start makes again): written whole, for the supervisor."""
   path = os.environ.get(PHASE_FILE_VAR)
   if path:
-    with open(path + '.tmp', 'w') as f:
-      f.write(phase)
-    os.replace(path + '.tmp', path)
+    workdir_lib.write_atomically(path, phase)
 
 
 def _nothing_to_save_yet() -> None:
@@ -273,3 +277,47 @@ class StopVote:
     if not self._multi_worker:
       return asked
     return bool(self._all_reduce(tf.constant(float(asked))).numpy() > 0)
+
+
+def check_restored(strategy: tf.distribute.Strategy, *, step: int,
+                   saved_on: tf.Variable | None, checkpoints: str) -> None:
+  """Refuses a start whose workers restored different steps; a collective.
+
+  Each worker restores on its own, from what it sees as WORKDIR/checkpoints,
+  and all must continue from the same step, or their loops differ in
+  length: a hang, or replicas that silently diverge. A workdir per host
+  does that, and so does a host that sees another newest checkpoint. Every
+  worker learns every worker's step (one small all-gather, before the first
+  step) and raises CheckpointError on a mismatch, so all exit 2 together.
+  One process has nothing to compare: no collective.
+
+  step: the step this worker restored (0 for none). saved_on: the restored
+  checkpoint's [workers, replicas] (`trainable.Counters.topology`), or None
+  when nothing was restored: another topology than this run's is safe (the
+  examples of global batch k depend on (seed, k) only), and logged.
+  checkpoints: where this worker restored from, for the message.
+  """
+  this_run = topology(strategy)
+  if saved_on is not None:
+    saved = Topology(*(int(n) for n in saved_on.numpy()))
+    if saved != this_run:
+      logging.warning('The topology changed: the checkpoint was saved on %s, '
+                      'this run has %s.', saved, this_run)
+  if this_run.workers == 1:
+    return
+
+  @tf.function(autograph=False)
+  def all_gather(value):
+    per_replica = strategy.run(lambda v: v[None], args=(value,))
+    return strategy.gather(per_replica, axis=0)
+
+  # float64: exact for any step count (a TPU, which lacks it, is one
+  # process: see topology).
+  steps = all_gather(tf.constant(float(step), tf.float64)).numpy()
+  if steps.min() != steps.max():
+    raise CheckpointError(
+        f'the workers restored different steps ({steps.min():.0f} to '
+        f'{steps.max():.0f}; this one {step}, from {checkpoints}): every '
+        'worker must resume from the same checkpoints, so --workdir must be '
+        'one folder shared by all workers (gs:// or a shared file system), '
+        'not one per host')

@@ -3,9 +3,14 @@
 TPU VMs and cloud GPUs are preempted with a SIGTERM and a short grace period;
 Ctrl-C sends SIGINT. The first of either asks the training loop to stop at
 the end of the current step loop (a second or so), save a checkpoint and
-raise `errors.Interrupted` (exit 75); a second one exits at once.
+raise `errors.Interrupted` (exit 75); a second one exits at once. A failure
+found by another thread, the workdir's lock lost (`workdir.Lock.lost`), is
+a stop request too: the loop saves and raises that failure instead (in a
+cluster the stop vote stops every worker; the chief, which holds the lock,
+raises it).
 """
 
+from collections.abc import Callable
 from concurrent import futures
 import os
 import signal
@@ -17,7 +22,8 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class SignalWatch:
-  """A context in which the first SIGTERM/SIGINT sets `requested`.
+  """A context in which the first SIGTERM/SIGINT sets `requested`, and
+  `failure()` returns what else must stop the run (an error, or None).
 
   Python runs signal handlers only in the main thread and only between
   bytecodes, so a handler would wait for a compiled training loop to return.
@@ -25,11 +31,18 @@ class SignalWatch:
   which keeps the handlers, and so the second signal, prompt.
   """
 
-  def __init__(self, signals=SIGNALS):
+  def __init__(self, signals=SIGNALS, *,
+               failure: Callable[[], Exception | None] = lambda: None):
     self.requested = None  # The name of the first signal received.
+    self.failure = failure
     self._signals = signals
     self._previous = {}
     self._worker = futures.ThreadPoolExecutor(max_workers=1)
+
+  @property
+  def stopping(self) -> bool:
+    """Whether the run was asked to stop, by a signal or a failure."""
+    return self.requested is not None or self.failure() is not None
 
   def call(self, fn, *args):
     """fn(*args), with signals handled while it runs."""

@@ -8,8 +8,18 @@ wants: `probabilities` (float32 [N, 10], the softmax of the logits) and
 Serving, `saved_model_cli` or plain `tf.saved_model.load` in a process that
 never imports mnist_dist can run it. `SavedModel` is the action that writes
 WORKDIR/export at the end of a run (`outputs.saved_model`).
+
+An export is whole when its marker, export/COMPLETE.json, is there: the
+trainer writes it last. Locally the whole folder then appears at once (a
+rename); on gs:// a rename copies object by object, and a stop meanwhile
+leaves a folder without the marker, which the next start redoes and the
+readers (`load_predict_fn`, LiteRT, the plots) refuse as incomplete unless
+it loads whole, as an export of an earlier version does (`check_complete`).
 """
 
+import datetime
+import json
+import os
 import tempfile
 from typing import Callable
 
@@ -18,11 +28,79 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mnist_dist.base import errors
+from mnist_dist.base import paths
 from mnist_dist.base import workdir as workdir_lib
 from mnist_dist.modeling import models
 from mnist_dist.outputs import actions
 
 SIGNATURE = 'serving_default'
+# Written into the export's folder once everything else is there.
+MARKER = 'COMPLETE.json'
+
+
+def is_complete(export_dir: str) -> bool:
+  """True if export_dir holds a whole export (its marker is there)."""
+  return tf.io.gfile.exists(os.path.join(export_dir, MARKER))
+
+
+def _incomplete(export_dir: str) -> errors.WorkdirError:
+  return errors.WorkdirError(
+      f'export/ is incomplete (no {MARKER} in {export_dir}): run the trainer '
+      'again to redo it')
+
+
+def check_complete(export_dir: str) -> None:
+  """Raises unless export_dir is a whole export, for the readers.
+
+  Whole: its marker is there; or, for an export of an earlier version,
+  which wrote none, it loads with its signature (a warning says so).
+  TensorFlow's loader reads the graph and every variable, so one that loads
+  answers as the whole would; a copy cut short lacks the variables, which
+  come last.
+
+  Raises:
+    FileNotFoundError: there is no export at all.
+    errors.WorkdirError: it is incomplete.
+  """
+  _load(export_dir)
+
+
+def _load(export_dir: str):
+  """export_dir loaded, if whole (`check_complete`)."""
+  complete = is_complete(export_dir)
+  if not (complete or tf.io.gfile.exists(export_dir)):
+    raise FileNotFoundError(
+        f'{export_dir}: no SavedModel; training writes it at its end, unless '
+        'outputs.saved_model=False')
+  try:
+    loaded = tf.saved_model.load(export_dir)
+    if SIGNATURE not in loaded.signatures:
+      raise ValueError(f'no {SIGNATURE} signature')
+  except (OSError, ValueError, tf.errors.OpError):
+    if complete:
+      raise
+    raise _incomplete(export_dir) from None
+  if not complete:
+    logging.warning('%s has no %s (an export of an earlier version, or one '
+                    'cut short); it loads whole, so it is used', export_dir,
+                    MARKER)
+  return loaded
+
+
+def _write_marker(export_dir: str, *, model_name: str) -> None:
+  """export_dir/MARKER: what was exported, and that all of it is there."""
+  files = {}
+  for folder, _, names in tf.io.gfile.walk(export_dir):
+    for name in names:
+      file_path = os.path.join(folder, name)
+      files[os.path.relpath(file_path, export_dir)] = tf.io.gfile.stat(
+          file_path).length
+  workdir_lib.write_atomically(os.path.join(export_dir, MARKER), json.dumps({
+      'format': 'SavedModel', 'signature': SIGNATURE, 'model': model_name,
+      'written': datetime.datetime.now().astimezone().isoformat(
+          timespec='seconds'),
+      'files': dict(sorted(files.items()))}, indent=2))
 
 
 def _float32_policies(config):
@@ -97,8 +175,12 @@ def load_predict_fn(
   numpy arrays, float32 [N, 10] and int64 [N]. It feeds the images
   batch_size at a time, so a whole test set does not need the memory of one
   giant batch.
+
+  Raises:
+    FileNotFoundError: there is no export.
+    errors.WorkdirError: it is incomplete (`check_complete`).
   """
-  loaded = tf.saved_model.load(export_dir)
+  loaded = _load(export_dir)
 
   def predict(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # Looked up here so that predict keeps `loaded`, which owns the variables.
@@ -117,7 +199,8 @@ class SavedModel(actions.Action):
   Every worker exports, as with checkpoints (the model's functions are
   traced under the strategy, a collective); only the chief's is kept. The
   chief's goes to a temporary folder first, renamed into place when
-  complete, so WORKDIR/export is never half-written.
+  complete, and marked (MARKER): an export without its marker, cut short or
+  of an earlier version, is made again at the next start.
   """
 
   every_worker = True
@@ -125,16 +208,21 @@ class SavedModel(actions.Action):
   def finish(self, context, *, trained):
     final = workdir_lib.path(context.workdir, workdir_lib.EXPORT)
     # Every worker decides alike: from the chief's workdir, which all read.
-    if not trained and tf.io.gfile.exists(final):
+    if not trained and is_complete(final):
       return
     if not context.chief:
       directory = tempfile.mkdtemp()
       export_saved_model(context.model, directory)
-      tf.io.gfile.rmtree(directory)
+      workdir_lib.remove(directory)
       return
     staging = workdir_lib.temporary_name(final)
     export_saved_model(context.model, staging)
-    if tf.io.gfile.exists(final):
-      tf.io.gfile.rmtree(final)
+    remote = paths.is_remote(final)
+    if not remote:  # Marked before the rename, which is atomic here.
+      _write_marker(staging, model_name=context.config.model.name)
+    if tf.io.gfile.exists(final):  # Unmarked, or trained since.
+      workdir_lib.remove(final)  # Never through a link.
     tf.io.gfile.rename(staging, final)
+    if remote:  # Marked after the rename, which copies object by object.
+      _write_marker(final, model_name=context.config.model.name)
     logging.info('Exported the model to %s', final)

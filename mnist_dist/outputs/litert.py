@@ -157,15 +157,13 @@ def write_tflite(workdir: str, *, quantize: str = 'none') -> Written:
 
   Raises:
     FileNotFoundError: WORKDIR has no config.json or no export.
+    errors.WorkdirError: the export is incomplete (`export.check_complete`).
     ValueError: the data cannot be loaded, or the float model disagrees with
       the SavedModel on more than 1 - MIN_FLOAT_AGREEMENT of the test images.
   """
   config = workdir_lib.read_config(workdir)
   export_dir = workdir_lib.path(workdir, workdir_lib.EXPORT)
-  if not tf.io.gfile.exists(os.path.join(export_dir, 'saved_model.pb')):
-    raise FileNotFoundError(
-        f'{export_dir}: no SavedModel; training writes it at its end, unless '
-        'outputs.saved_model=False')
+  export.check_complete(export_dir)
   train, test = input_pipeline.load(config.data, seed=config.seed)
   rng = np.random.default_rng(config.seed)
   calibration = train.images[rng.choice(
@@ -227,7 +225,8 @@ def _parse_flags(argv: list[str]) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> None:
   try:
     print(write_tflite(args.workdir, quantize=args.quantize))
-  except (OSError, ValueError) as e:  # errors.DataError is a ValueError.
+  # errors.DataError is a ValueError.
+  except (OSError, ValueError, errors.WorkdirError) as e:
     cli.fail(cli.one_line(e), errors.EXIT_FAILED)
   except tf.errors.OpError as e:  # A gs:// workdir out of reach, for one.
     cli.fail(f'{args.workdir}: {paths.cause(e)}', errors.EXIT_FAILED)

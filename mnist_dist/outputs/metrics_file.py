@@ -6,6 +6,7 @@ from absl import logging
 import tensorflow as tf
 
 from mnist_dist.base import workdir as workdir_lib
+from mnist_dist.base.errors import WorkdirError
 from mnist_dist.outputs import actions
 
 
@@ -38,20 +39,40 @@ def read_metrics(workdir: str) -> list[dict]:
 
   The trainer writes the file whole, but another writer (an older version, a
   copy cut short) may leave its last line torn: it is dropped with a warning,
-  and the record is made again by the epoch that resumes.
+  and the record is made again by the epoch that resumes. Damage anywhere
+  else (a line that is not a JSON record with a step) cannot come from a
+  stop, and is not guessed around.
+
+  Raises:
+    WorkdirError: a line before the last is damaged, naming it.
   """
   path = workdir_lib.path(workdir, workdir_lib.METRICS)
   if not tf.io.gfile.exists(path):
     return []
-  with tf.io.gfile.GFile(path) as f:
+  with tf.io.gfile.GFile(path, 'rb') as f:
     lines = [line for line in f.read().splitlines() if line.strip()]
   records = []
   for number, line in enumerate(lines, start=1):
-    try:
-      records.append(json.loads(line))
-    except json.JSONDecodeError:
-      if number < len(lines):
-        raise ValueError(f'{path}: line {number} is damaged') from None
+    record = _record(line)
+    if record is not None:
+      records.append(record)
+    elif number < len(lines):
+      raise WorkdirError(
+          f'{path}: line {number} of {len(lines)} is damaged ({line[:40]!r}); '
+          'it records this run\'s evaluations: restore it, or use a new '
+          '--workdir')
+    else:
       logging.warning('%s: its last line is torn (%r); dropped.', path,
                       line[:40])
   return records
+
+
+def _record(line: bytes) -> dict | None:
+  """The record a line holds; None if it holds none."""
+  try:
+    record = json.loads(line.decode('utf-8'))
+  except (UnicodeDecodeError, json.JSONDecodeError):
+    return None
+  if not isinstance(record, dict) or not isinstance(record.get('step'), int):
+    return None
+  return record

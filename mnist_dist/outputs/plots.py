@@ -230,12 +230,11 @@ def missing(workdir: str) -> bool:
   """True if make_all has not yet run to its end on WORKDIR's files.
 
   Its first plot needs only the metrics, its last (the confusion matrix)
-  the export too.
+  a whole export too.
   """
   plots_dir = workdir_lib.path(workdir, workdir_lib.PLOTS)
-  last = ('confusion_matrix.png'
-          if tf.io.gfile.exists(workdir_lib.path(workdir, workdir_lib.EXPORT))
-          else 'training_curves.png')
+  last = ('confusion_matrix.png' if export.is_complete(
+      workdir_lib.path(workdir, workdir_lib.EXPORT)) else 'training_curves.png')
   return not tf.io.gfile.exists(os.path.join(plots_dir, last))
 
 
@@ -260,8 +259,14 @@ def make_all(workdir: str, *, dpi: int = DPI) -> list[str]:
   if not tf.io.gfile.exists(export_dir):
     logging.warning('%s: no export; no predictions', export_dir)
     return written
+  try:
+    predict = export.load_predict_fn(export_dir)
+  except errors.WorkdirError as e:
+    # Cut short: the trainer's next start redoes it, then these plots.
+    logging.warning('%s; no predictions', e)
+    return written
   _, test = input_pipeline.load(config.data, seed=config.seed)
-  probabilities, classes = export.load_predict_fn(export_dir)(test.images)
+  probabilities, classes = predict(test.images)
   plot_predictions(test.images, test.labels, classes,
                    path('predictions.png'), dpi=dpi)
   plot_worst_mistakes(test.images, test.labels, probabilities,
@@ -296,7 +301,8 @@ def main(args: argparse.Namespace) -> None:
   try:
     for path in make_all(args.workdir, dpi=args.dpi):
       print(path)
-  except (OSError, errors.DataError) as e:
+  # WorkdirError: a damaged metrics.jsonl.
+  except (OSError, errors.DataError, errors.WorkdirError) as e:
     cli.fail(cli.one_line(e), errors.EXIT_FAILED)
 
 

@@ -10,7 +10,12 @@ is refused, with a reason, before it can cost much:
   a PNG of a hundred kB can claim 30000x30000 pixels (a decompression bomb),
   gigabytes once decoded. Pillow's own guard (`Image.MAX_IMAGE_PIXELS`) is a
   global any program may change, and up to twice its limit it only warns;
-  this limit is this module's.
+  this limit is this module's;
+- a JPEG of more than MAX_JPEG_SCANS scans, counted in its bytes before
+  anything is decoded: each scan of a progressive JPEG is another pass over
+  all of the image's coefficients, and a few bytes each, so a small file of
+  thousands of scans takes minutes within the limits above. Encoders write
+  at most a few dozen.
 
 What passes is decoded once: its first frame only, and a JPEG at the
 smallest scale of 1/2, 1/4 or 1/8 that keeps WORKING_SIZE pixels on a side
@@ -26,6 +31,7 @@ import warnings
 import numpy as np
 from PIL import Image
 from PIL import ImageOps
+from PIL import JpegImagePlugin
 from PIL import UnidentifiedImageError
 import tensorflow as tf
 
@@ -37,6 +43,7 @@ MAX_PIXELS = 50_000_000
 # Larger pictures are reduced to this many pixels on their longer side first:
 # the digit ends up 20 pixels high, and the reduction bounds the work after.
 WORKING_SIZE = 1024
+MAX_JPEG_SCANS = 100
 FORMATS = ('PNG', 'JPEG', 'GIF', 'BMP', 'WEBP')
 
 _NOT_AN_IMAGE = 'not a PNG, JPEG, GIF, BMP or WebP image'
@@ -92,6 +99,14 @@ def decode(raw: bytes) -> Image.Image:
   if width * height > MAX_PIXELS:
     raise ValueError(f'{width}x{height} pixels: more than the {MAX_PIXELS:,} '
                      'this reads')
+  if isinstance(image, JpegImagePlugin.JpegImageFile):  # MPO is one too.
+    # Each scan starts with an SOS marker, whose two bytes the compressed
+    # data never holds (a 0xFF there is followed by 0 or a restart code).
+    # Metadata may (an EXIF thumbnail has scans of its own): an upper bound.
+    scans = raw.count(b'\xff\xda')
+    if scans > MAX_JPEG_SCANS:
+      raise ValueError(f'a JPEG of {scans} scans: more than the '
+                       f'{MAX_JPEG_SCANS} this decodes')
   # JPEG only (draft does nothing for the others): decode at a reduced scale.
   image.draft(image.mode, (WORKING_SIZE, WORKING_SIZE))
   try:

@@ -107,7 +107,8 @@ def main(args: argparse.Namespace) -> None:
                      else export.load_predict_fn)
   try:
     predict = load_predict_fn(args.model)
-  except (OSError, ValueError) as e:  # ValueError: not a LiteRT model.
+  # ValueError: not a LiteRT model; WorkdirError: an export cut short.
+  except (OSError, ValueError, errors.WorkdirError) as e:
     cli.fail(f'--model={args.model}: {cli.one_line(e)}', errors.EXIT_FAILED)
   except tf.errors.OpError as e:  # A gs:// model out of reach, for one.
     cli.fail(f'--model={args.model}: cannot load it: {paths.cause(e)}',
