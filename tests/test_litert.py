@@ -110,14 +110,19 @@ def test_the_command_writes_and_reports(tmp_path, capsys):
       r'digit as the SavedModel on 100\.00%\n', capsys.readouterr().out)
 
 
-def test_a_workdir_without_export_is_one_error_line(tmp_path, capsys):
-  workdir = str(tmp_path / 'run')
-  workdir_lib.check_and_record_config(small_config(), workdir, write=True)
+def _refusal(workdir: str, capsys) -> str:
+  """What `mnist-dist-export WORKDIR` printed as it failed, exit 1."""
   with pytest.raises(SystemExit) as exit_info:
     litert.main(argparse.Namespace(workdir=workdir, format='litert',
                                    quantize='none'))
   assert exit_info.value.code == errors.EXIT_FAILED
-  assert capsys.readouterr().err == (
+  return capsys.readouterr().err
+
+
+def test_a_workdir_without_export_is_one_error_line(tmp_path, capsys):
+  workdir = str(tmp_path / 'run')
+  workdir_lib.check_and_record_config(small_config(), workdir, write=True)
+  assert _refusal(workdir, capsys) == (
       f'error: {workdir}/export: no SavedModel; training writes it at its '
       'end, unless outputs.saved_model=False\n')
 
@@ -127,10 +132,6 @@ def test_an_export_cut_short_is_one_error_line(tmp_path, capsys):
   _untrained_run(workdir)
   export_dir = workdir_lib.path(workdir, workdir_lib.EXPORT)
   shutil.rmtree(os.path.join(export_dir, 'variables'))  # A copy cut short.
-  with pytest.raises(SystemExit) as exit_info:
-    litert.main(argparse.Namespace(workdir=workdir, format='litert',
-                                   quantize='none'))
-  assert exit_info.value.code == errors.EXIT_FAILED
-  assert capsys.readouterr().err == (
+  assert _refusal(workdir, capsys) == (
       f'error: export/ is incomplete (no {export.MARKER} in {export_dir}): '
       'run the trainer again to redo it\n')
