@@ -6,16 +6,33 @@ r"""Runs a multi-worker training cluster on this machine, and supervises it.
 
 Everything after `--` goes to every worker's `python -m mnist_dist.main`,
 with `--config.distribution.strategy=multi_worker_mirrored` added. Each worker
-gets its own TF_CONFIG (as TensorFlow defines it) naming all workers on free
+gets its own TF_CONFIG (as TensorFlow defines it) naming all workers on
 loopback ports; worker 0 is the chief, which writes the logs, metrics.jsonl
 and checkpoints. Each worker's output lines are prefixed with `[worker N]`.
 
+The ports are this launcher's from its choice until the launch ends: it holds
+each in a socket bound with SO_REUSEPORT (never listening), and the workers'
+gRPC servers bind them too (TF_GRPC_REUSE_PORT=true asks TensorFlow for
+SO_REUSEPORT); no other process can bind one, or be given one by the kernel,
+meanwhile, so a worker never finds its port taken.
+
 A supervisor, as torchrun is for PyTorch:
 - Each worker runs in a process group of its own, so a terminal's Ctrl-C
-  reaches it once, through this launcher: SIGINT or SIGTERM here is passed on
-  to every worker that is training; the cluster saves one checkpoint and
-  stops, and this exits 75 (a second one is passed on too: the workers exit
-  at once). Workers still starting have nothing to save and are killed.
+  reaches it once, through this launcher: SIGINT, SIGTERM or SIGHUP (the
+  terminal closed; not under nohup) here is passed on to every worker that is
+  training (SIGHUP as SIGTERM); the cluster saves one checkpoint and stops,
+  and this exits 75 (a second one is passed on too: the workers exit at
+  once). Workers still starting have nothing to save and are killed. Output
+  that can no longer be written (the terminal gone) is dropped.
+- Its workers never outlive it (on Linux), however it ends, SIGKILL
+  included. Each asks the kernel for a SIGTERM when the launcher dies
+  (PR_SET_PDEATHSIG, in a small wrapper that then becomes the trainer): a
+  worker training saves and exits, one starting exits. A keeper process
+  holding a pidfd of each worker kills those that have not ended once the
+  launcher is gone: at once those with nothing to save (such as one joining
+  the cluster, where TensorFlow holds SIGTERM), after --grace_s those
+  training. Elsewhere the workers are started as they are, and may outlive a
+  killed launcher.
 - The outcome is decided by why the first workers ended on their own, never
   by the codes of workers this launcher stopped itself:
     killed by a signal it did not send   lost (a crash, OOM, a kill): 76
@@ -67,7 +84,8 @@ from mnist_dist.base import errors
 _WORKERS = flags.DEFINE_integer('workers', 2, 'Number of worker processes.')
 _GRACE_S = flags.DEFINE_float(
     'grace_s', 30.0, 'Seconds the training workers get to stop on their '
-    'own once a worker failed, before they are killed.')
+    'own once a worker failed, or this launcher is gone, before they are '
+    'killed.')
 _MAX_RESTARTS = flags.DEFINE_integer(
     'max_restarts', 0, 'Relaunches of the whole cluster after a stop this '
     'launcher was not asked for.')
@@ -76,15 +94,156 @@ _MIN_WORKERS = flags.DEFINE_integer(
     'down to this many (default: --workers, always relaunch them all).')
 
 
+def _can_tie() -> bool:
+  """Whether workers can be tied to this launcher: the kernel's parent-death
+  signal (prctl PR_SET_PDEATHSIG) and the keeper's pidfds (Linux 5.3 or
+  later: an older kernel refuses pidfd_open)."""
+  if not sys.platform.startswith('linux') or not hasattr(os, 'pidfd_open'):
+    return False
+  try:
+    os.close(os.pidfd_open(os.getpid()))
+  except OSError:
+    return False
+  return True
+
+
+TIED = _can_tie()
+
+# Run by each worker before it becomes the trainer (exec: the same process)
+# rather than in a preexec_fn, which would run the launcher's Python, with
+# its signal handlers, in a child forked from a process with threads. Asks
+# for SIGTERM when the launcher dies (PR_SET_PDEATHSIG, 1), and sends it
+# itself if the launcher died before it asked.
+_DIE_WITH_LAUNCHER = """
+import ctypes, os, signal, sys
+launcher, trainer = int(sys.argv[1]), sys.argv[2:]
+ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+if os.getppid() != launcher:
+  os.kill(os.getpid(), signal.SIGTERM)
+os.execv(trainer[0], trainer)
+"""
+
+# Run by `Keeper` in a process of its own: receives each worker's pidfd and
+# phase file until the launcher's end of the socket closes (however it
+# ended), then kills the workers left with nothing to save at once and the
+# others after grace_s, and removes the phase files.
+_KEEPER = """
+import os, select, shutil, signal, socket, sys, time
+grace_s, phase_dir = float(sys.argv[1]), sys.argv[2]
+channel = socket.socket(fileno=0)
+workers = []
+while True:
+  phase_file, pidfds, _, _ = socket.recv_fds(channel, 4096, 1)
+  if not phase_file:
+    break
+  workers.append((pidfds[0], phase_file.decode()))
+
+def training(phase_file):
+  try:
+    with open(phase_file) as f:
+      return f.read().strip() == 'training'
+  except OSError:
+    return False
+
+def kill(pidfd):
+  try:
+    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+  except ProcessLookupError:
+    pass
+
+for pidfd, phase_file in workers:
+  if not training(phase_file):
+    kill(pidfd)
+deadline = time.monotonic() + grace_s
+for pidfd, _ in workers:
+  select.select([pidfd], [], [], max(0.0, deadline - time.monotonic()))
+  kill(pidfd)
+shutil.rmtree(phase_dir, ignore_errors=True)
+"""
+
+
+class Keeper:
+  """A process that stops the workers once this launcher no longer does.
+
+  The kernel's SIGTERM when the launcher dies (`_DIE_WITH_LAUNCHER`) stops
+  a worker that trains (it saves) or starts, but not one joining the
+  cluster (TensorFlow holds SIGTERM there: its preemption notifier only
+  notes it) nor one stopped (SIGSTOP). The keeper holds a pidfd of each
+  worker (unlike a pid, it never names a later process) and, once the
+  launcher's end of their socket closes (exit, crash or SIGKILL alike),
+  kills them as the launcher would: at once those with nothing to save,
+  the others after grace_s. It runs in a session of its own, which a
+  signal to the launcher's process group does not reach.
+
+  Where the workers cannot be tied (not Linux), a Keeper does nothing.
+  """
+
+  def __init__(self, *, grace_s: float, phase_dir: str):
+    self.process = None
+    if not TIED:
+      return
+    self._channel, theirs = socket.socketpair(socket.AF_UNIX,
+                                              socket.SOCK_SEQPACKET)
+    with theirs:
+      self.process = subprocess.Popen(
+          [sys.executable, '-c', _KEEPER, str(grace_s), phase_dir],
+          stdin=theirs, stdout=subprocess.DEVNULL,
+          stderr=subprocess.DEVNULL, start_new_session=True)
+
+  def watch(self, pid: int, phase_file: str) -> None:
+    """Hands over a worker, which must not have been waited for yet (its
+    pid still names it)."""
+    if self.process:
+      pidfd = os.pidfd_open(pid)
+      try:
+        socket.send_fds(self._channel, [phase_file.encode()], [pidfd])
+      finally:
+        os.close(pidfd)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc_info):
+    """The launcher is done: whatever still runs is the keeper's to stop."""
+    if self.process:
+      self._channel.close()
+
+
+def worker_command(trainer: list[str]) -> list[str]:
+  """The command that runs trainer (an argv) as a worker of this launcher,
+  tied to it where that works."""
+  if not TIED:
+    return trainer
+  return [sys.executable, '-c', _DIE_WITH_LAUNCHER, str(os.getpid()),
+          *trainer]
+
+
+def hold_ports(count: int) -> list[socket.socket]:
+  """Sockets bound to free ports on 127.0.0.1, which no other process can
+  take while they are open.
+
+  Bound with SO_REUSEPORT, never listening: the workers' gRPC servers bind
+  the same ports with it too (TF_GRPC_REUSE_PORT, see `Cluster`), and only
+  they accept connections there; anything else, binding or connecting from
+  a port of the kernel's choice, is kept off them.
+  """
+  sockets = []
+  for _ in range(count):
+    held = socket.socket()
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    held.bind(('127.0.0.1', 0))
+    sockets.append(held)
+  return sockets
+
 
 def free_ports(count: int) -> list[int]:
-  """Ports the OS says are free on 127.0.0.1 now."""
-  sockets = [socket.socket() for _ in range(count)]
-  for s in sockets:
-    s.bind(('127.0.0.1', 0))
-  ports = [s.getsockname()[1] for s in sockets]
-  for s in sockets:
-    s.close()
+  """Ports free on 127.0.0.1 now, released: for a caller that starts the
+  processes binding them at once (another process may take one meanwhile;
+  the launcher holds its own)."""
+  sockets = hold_ports(count)
+  ports = [held.getsockname()[1] for held in sockets]
+  for held in sockets:
+    held.close()
   return ports
 
 
@@ -93,8 +252,23 @@ def tf_config(addresses: list[str], index: int) -> str:
                      'task': {'type': 'worker', 'index': index}})
 
 
+def _write(text: str) -> None:
+  """Writes to stdout while it is there. After a hang-up (SIGHUP: the
+  terminal closed) or a closed pipe writes fail; the launcher must still
+  drain its workers' output and stop them, and its exit code must stay
+  theirs (not Python's 120 for an unflushed stdout): so stdout then goes to
+  /dev/null."""
+  try:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+  except OSError:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def say(message: str) -> None:
-  print(f'[launcher] {message}', flush=True)
+  _write(f'[launcher] {message}\n')
 
 
 def exit_code(returncode: int) -> int:
@@ -104,8 +278,7 @@ def exit_code(returncode: int) -> int:
 
 def _relay(prefix: str, stream) -> None:
   for line in stream:
-    sys.stdout.write(f'{prefix}{line}')
-    sys.stdout.flush()
+    _write(f'{prefix}{line}')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,23 +346,32 @@ class Outcome:
 
 
 class Cluster:
-  """One launch: the workers, their output relays, and how they ended."""
+  """One launch: the workers, their output relays, and how they ended.
+
+  Started from the main thread: the kernel's parent-death signal comes when
+  the thread that forked a worker ends, not the process.
+  """
 
   def __init__(self, trainer_args: list[str], *, workers: int,
-               phase_dir: str):
-    addresses = [f'127.0.0.1:{port}' for port in free_ports(workers)]
+               phase_dir: str, keeper: Keeper):
+    # Held until the workers end. The gRPC servers share them only with
+    # TF_GRPC_REUSE_PORT (TensorFlow's switch for SO_REUSEPORT).
+    self._ports = hold_ports(workers)
+    addresses = [f'127.0.0.1:{held.getsockname()[1]}' for held in self._ports]
     self.processes, self._relays, self._phase_files = [], [], []
     self._stopped_by_us = set()
     self._causes: list[Ending] = []  # The first endings on their own.
     for index in range(workers):
       phase_file = os.path.join(phase_dir, f'worker-{index}')
       env = dict(os.environ, TF_CONFIG=tf_config(addresses, index),
-                 MNIST_DIST_PHASE_FILE=phase_file)
+                 TF_GRPC_REUSE_PORT='true', MNIST_DIST_PHASE_FILE=phase_file)
       process = subprocess.Popen(
-          [sys.executable, '-m', 'mnist_dist.main', *trainer_args,
-           '--config.distribution.strategy=multi_worker_mirrored'],
+          worker_command(
+              [sys.executable, '-m', 'mnist_dist.main', *trainer_args,
+               '--config.distribution.strategy=multi_worker_mirrored']),
           cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
           text=True, start_new_session=True)
+      keeper.watch(process.pid, phase_file)
       say(f'worker {index}: pid {process.pid}, {addresses[index]}')
       relay = threading.Thread(target=_relay,
                                args=(f'[worker {index}] ', process.stdout))
@@ -256,6 +438,8 @@ class Cluster:
       time.sleep(0.1)
     for relay in self._relays:
       relay.join()
+    for held in self._ports:
+      held.close()
     return self._outcome(asked.is_set())
 
   def _outcome(self, asked: bool) -> Outcome:
@@ -273,6 +457,21 @@ class Cluster:
                    asked=asked)
 
 
+# What each signal to the launcher becomes for the training workers. SIGHUP
+# (the terminal closed) is a stop like SIGTERM: left to its default, it
+# would end the launcher and orphan the workers.
+_PASSED_ON = {signal.SIGINT: signal.SIGINT, signal.SIGTERM: signal.SIGTERM,
+              signal.SIGHUP: signal.SIGTERM}
+
+
+def stop_signals() -> list[signal.Signals]:
+  """The signals that stop the cluster: SIGHUP not where it is ignored, as
+  under nohup, which asks the run to outlive its terminal."""
+  return [signum for signum in _PASSED_ON
+          if signum != signal.SIGHUP
+          or signal.getsignal(signum) != signal.SIG_IGN]
+
+
 def run_cluster(trainer_args: list[str], *, workers: int, grace_s: float,
                 max_restarts: int = 0, min_workers: int | None = None) -> int:
   """Launches the cluster, relaunching it as allowed; returns its exit code."""
@@ -282,21 +481,25 @@ def run_cluster(trainer_args: list[str], *, workers: int, grace_s: float,
   def forward(signum, frame):
     del frame
     asked.set()
-    say(f'{signal.Signals(signum).name}: passing it on to the workers')
+    passed = _PASSED_ON[signum]
+    say(f'{signal.Signals(signum).name}: passing it on to the workers'
+        + ('' if passed == signum else f' as {passed.name}'))
     if current:
       cluster = current[0]
       idle = sorted(set(cluster.running()) - set(cluster.training()))
-      cluster.signal(cluster.training(), signum)
+      cluster.signal(cluster.training(), passed)
       cluster.signal(idle, signal.SIGKILL)  # Nothing to save yet.
 
-  for signum in (signal.SIGTERM, signal.SIGINT):
+  for signum in stop_signals():
     signal.signal(signum, forward)
 
   restarts = 0
-  with tempfile.TemporaryDirectory(prefix='local_cluster_') as phase_dir:
+  with (tempfile.TemporaryDirectory(prefix='local_cluster_') as phase_dir,
+        Keeper(grace_s=grace_s, phase_dir=phase_dir) as keeper):
     while True:
       current[:] = [Cluster(trainer_args, workers=workers,
-                            phase_dir=tempfile.mkdtemp(dir=phase_dir))]
+                            phase_dir=tempfile.mkdtemp(dir=phase_dir),
+                            keeper=keeper)]
       outcome = current[0].supervise(grace_s, asked)
       if not outcome.retryable or restarts >= max_restarts:
         break

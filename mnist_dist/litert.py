@@ -5,10 +5,12 @@ imports it too, to write a run's .tflite, and sets TensorFlow up itself)."""
 import sys
 
 from mnist_dist.base import console
+from mnist_dist.base import stops
 
 
 def run():
   """Console-script entry point."""
+  stops.stop_on_signals()  # A signal while loading is one line too.
   console.import_tensorflow(sys.argv)  # Before the command's module does.
   from mnist_dist.outputs import litert
   litert.run()

@@ -15,18 +15,28 @@ mnist_dist/base/console.py; --tf_logs shows them all).
 Exit codes: 0 done; 2 bad config or data (one line says what, before any
 training); 3 the loss became NaN or infinite (the last good checkpoint is
 kept); 75 stopped by SIGTERM or SIGINT, to this worker or another of its
-cluster, after saving a checkpoint (run again to resume); 76 another worker of
+cluster, at any moment, in training after saving a checkpoint (run again to
+continue); 76 another worker of
 the cluster was lost (relaunch the cluster to resume from the last
 checkpoint); 128+N a second signal N, which exits at once.
 """
 
+import logging
+import os
 import sys
 
+from mnist_dist.base import stops
+
+# This module is the command: from here on a signal is a stop, one line and
+# exit 75, even while TensorFlow loads (a program that trains through the API
+# imports mnist_dist.train instead, and keeps its own handlers).
+stops.stop_on_signals()
+
+# pylint: disable=wrong-import-position
 from mnist_dist.base import console
 
 console.import_tensorflow(sys.argv)  # Before anything else imports it.
 
-# pylint: disable=wrong-import-position
 from absl import flags
 from ml_collections import config_flags
 
@@ -44,6 +54,7 @@ EXIT_CODES = {
     errors.TensorFlowUnsupported: errors.EXIT_BAD_INPUT,
     errors.NonFiniteError: errors.EXIT_NONFINITE,
     errors.Interrupted: errors.EXIT_INTERRUPTED,
+    errors.TransientError: errors.EXIT_INTERRUPTED,
     errors.WorkerLost: errors.EXIT_WORKER_LOST,
 }
 
@@ -125,7 +136,18 @@ def run():
     _define_flags(default_config=default_config, config_help=config_help)
   except _BAD_FLAG_ERRORS as e:
     _fail_on_flag(e)
-  cli.run(main, flags_parser=_parse_flags, exit_codes=EXIT_CODES)
+  try:
+    cli.run(main, flags_parser=_parse_flags, exit_codes=EXIT_CODES)
+  except SystemExit as done:
+    if done.code not in (0, None):
+      raise
+    # Done, and everything the run writes is closed: skip Python's teardown
+    # of TensorFlow's objects, most of a second between the last line and
+    # the shell's prompt.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # pylint: disable=protected-access
 
 
 if __name__ == '__main__':

@@ -39,6 +39,7 @@ from mnist_dist import reporting
 from mnist_dist import steps
 from mnist_dist import trainable
 from mnist_dist.base import errors
+from mnist_dist.base import stops
 from mnist_dist.base import workdir as workdir_lib
 from mnist_dist.data import input_pipeline
 from mnist_dist.distribution import cluster
@@ -118,6 +119,7 @@ def train_and_evaluate(
     errors.NonFiniteError: the loss or the weights became NaN or infinite.
     errors.Interrupted: SIGTERM or SIGINT to this or another worker; a
       checkpoint was saved.
+    errors.TransientError: the workdir's storage failed for now.
     errors.WorkerLost: another worker of the cluster is gone.
   """
   config_lib.validate(config)
@@ -125,9 +127,13 @@ def train_and_evaluate(
   environment.describe_cluster_in_tf_config()
   workdir_lib.check_usable(workdir)
   checkpoint_dir = workdir_lib.path(workdir, workdir_lib.CHECKPOINTS)
-  # Around all of it: a lost peer is one line wherever it strikes.
-  with cluster.peer_failures(config.distribution,
-                             checkpoint_dir=checkpoint_dir) as where:
+  # Around all of it: a lost peer, a storage failure, or a signal outside
+  # the training loops, is one line wherever it strikes.
+  with (interrupts.stops_outside_loops() as stage,
+        cluster.peer_failures(config.distribution,
+                              checkpoint_dir=checkpoint_dir) as where,
+        # Inside: this worker's own storage error is not a lost peer.
+        workdir_lib.storage_failures(workdir)):
     with cluster.joining(config.distribution, checkpoint_dir=checkpoint_dir):
       strategy = strategy_lib.create_strategy(config.distribution)
     where.formed = True
@@ -138,6 +144,7 @@ def train_and_evaluate(
       state = resume(run)
       where.step_of = lambda: state.step
       train_epochs(run, state, lock)
+      stage.finishing_at = state.step
       cluster.report_phase('finishing')
       finish(run, state)
   return TrainResult(model=run.learner.model, metrics=state.records)
@@ -146,6 +153,7 @@ def train_and_evaluate(
 def train_epochs(run: Run, state: TrainState, lock: workdir_lib.Lock) -> None:
   """The epochs, from state.step until state.finished, or a stop."""
   cluster.report_phase('training')
+  stops.check_stop()  # A stop swallowed while starting.
   with (contextlib.closing(run.progress),
         interrupts.SignalWatch(failure=lock.lost) as signals,
         # Last: leaving it waits for a checkpoint still being written,
@@ -156,6 +164,9 @@ def train_epochs(run: Run, state: TrainState, lock: workdir_lib.Lock) -> None:
       record = evaluate(run, state, signals)
       publish(run, state, record)
       end_epoch(run, state, signals)
+  if signals.requested:  # After the last vote: all is saved all the same.
+    raise errors.Interrupted(signals.requested, state.step, chief=run.chief,
+                             trained=True)
 
 
 def _actions(config, *, chief: bool, added) -> list[actions_lib.Action]:
@@ -225,6 +236,7 @@ def build_run(config, workdir: str, *, strategy: tf.distribute.Strategy,
 def _each(run: Run, hook: str, *args, **kwargs) -> None:
   """Calls hook of every action of this worker, in order."""
   for action in run.actions:
+    stops.check_stop()  # Outside the loops, a signal's stop is due here.
     getattr(action, hook)(run.context, *args, **kwargs)
 
 
@@ -276,12 +288,14 @@ def _save(run: Run, state: TrainState) -> None:
 
 def _stop_if_asked(run: Run, state: TrainState, signals) -> None:
   """Checkpoints and stops if any worker was asked to, or the chief lost the
-  workdir's lock; a collective."""
+  workdir's lock; a collective. At the end of training too: the outputs,
+  seconds of work, are made at the next start."""
   if run.stop_vote(signals.stopping):
     if state.last_saved != state.step:
       _save(run, state)
     raise signals.failure() or errors.Interrupted(
-        signals.requested, state.step, chief=run.chief)
+        signals.requested, state.step, chief=run.chief,
+        trained=state.finished)
 
 
 def call_train_loop(run: Run, state: TrainState, signals, *,
@@ -384,8 +398,7 @@ def end_epoch(run: Run, state: TrainState, signals) -> None:
   for variable in run.counters.epoch_totals.values():
     variable.assign(0.0)
   _save(run, state)
-  if not state.finished:
-    _stop_if_asked(run, state, signals)
+  _stop_if_asked(run, state, signals)
 
 
 def finish(run: Run, state: TrainState) -> None:

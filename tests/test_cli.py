@@ -33,7 +33,10 @@ def _run(error, exit_codes, monkeypatch):
      'good checkpoint'),
     (errors.Interrupted('SIGTERM', 52, chief=True), 75,
      'stopped: SIGTERM at step 52: checkpoint saved; run the same command '
-     'again to resume')])
+     'again to resume'),
+    # Retried as a stop is, but an error.
+    (errors.TransientError('gs://b/run: its storage failed for now'), 75,
+     'error: gs://b/run: its storage failed for now')])
 def test_the_trainers_errors_are_one_line_and_their_code(
     error, code, line, monkeypatch, capsys):
   with pytest.raises(SystemExit) as exit_info:

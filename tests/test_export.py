@@ -204,3 +204,15 @@ def test_an_export_of_an_earlier_version_loads_if_whole(tmp_path, caplog):
   shutil.rmtree(tmp_path / 'variables')  # Not whole: no marker can vouch.
   with pytest.raises(errors.WorkdirError, match='export/ is incomplete'):
     export.check_complete(str(tmp_path))
+
+
+def test_the_model_in_memory_predicts_as_its_export(tmp_path):
+  # What the run's plots show (drawn from memory, not loaded back) is what
+  # the export serves.
+  trained = train.train_and_evaluate(
+      small_config({'outputs.saved_model': True}), str(tmp_path))
+  images = np.random.default_rng(0).integers(0, 256, (300, 28, 28), np.uint8)
+  in_memory = export.predict_fn(trained.model, batch_size=128)(images)
+  loaded = export.load_predict_fn(str(tmp_path / 'export'))(images)
+  np.testing.assert_allclose(in_memory[0], loaded[0], rtol=1e-6, atol=1e-7)
+  np.testing.assert_array_equal(in_memory[1], loaded[1])

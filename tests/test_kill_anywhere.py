@@ -148,7 +148,9 @@ def test_killed_at_a_few_points_resumes_exactly(tmp_path, uninterrupted,
 @pytest.mark.parametrize('phase, fraction', [
     *(('train', (i + 0.5) / 12) for i in range(12)),
     *(('export', (i + 0.5) / 4) for i in range(4)),
-    *(('plots', (i + 0.5) / 4) for i in range(4))])
+    # Not the plots' last fifth: the run exits as they end, and plots a
+    # little faster than the reference run's would end before the kill.
+    *(('plots', (i + 0.5) / 5) for i in range(4))])
 def test_killed_anywhere_resumes_exactly(tmp_path, uninterrupted, phase,
                                          fraction):
   _check_kill_at(phase, fraction, tmp_path, uninterrupted)

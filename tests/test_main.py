@@ -150,12 +150,19 @@ _UNUSED_WHEN_OFF = ('matplotlib', 'PIL', 'IPython', 'ai_edge_litert',
                     'mnist_dist.outputs.litert', 'mnist_dist.outputs.export',
                     'mnist_dist.outputs.summaries', 'mnist_dist.tools.images')
 # `python -m mnist_dist.main ARGS` that prints, as it exits, which of those
-# were imported.
+# were imported (a run that succeeds ends in os._exit, skipping atexit).
 _MAIN_REPORTING_MODULES = f"""
-import atexit, runpy, sys
-atexit.register(lambda: print(sorted(
-    name for name in {_UNUSED_WHEN_OFF!r}
-    if any(m == name or m.startswith(name + '.') for m in sys.modules))))
+import os, runpy, sys
+exit_now, main_pid = os._exit, os.getpid()
+def report_and_exit(code):
+  if os.getpid() != main_pid:  # The C++ log filter's fork (console.py).
+    exit_now(code)
+  print(sorted(
+      name for name in {_UNUSED_WHEN_OFF!r}
+      if any(m == name or m.startswith(name + '.') for m in sys.modules)),
+      flush=True)
+  exit_now(code)
+os._exit = report_and_exit
 runpy.run_module('mnist_dist.main', run_name='__main__')
 """
 

@@ -47,19 +47,25 @@ def test_one_process_of_a_real_strategy_is_the_chief_of_one_worker():
   assert str(cluster.topology(strategy)) == '1 worker, 1 replica'
 
 
-def test_a_joined_worker_ends_at_sigterm_until_it_trains(tmp_path,
-                                                         monkeypatch):
-  # TensorFlow's preemption notifier, which a multi-worker strategy installs,
-  # would only record the signal: a worker with nothing to save yet must end.
+def test_a_joined_worker_stops_at_sigterm_until_it_trains(tmp_path,
+                                                          monkeypatch):
+  # TensorFlow's preemption notifier, which creating a multi-worker strategy
+  # installs, would only record the signal: a worker with nothing to save
+  # yet must stop, as the command does anywhere else (cli.stop_on_signals).
   monkeypatch.setenv('TF_CONFIG', json.dumps({
       'cluster': {'worker': ['localhost:1', 'localhost:2']},
       'task': {'type': 'worker', 'index': 0}}))
   distribution = ml_collections.ConfigDict({
       'strategy': 'multi_worker_mirrored', 'join_timeout_s': 60.0})
-  previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+
+  def the_commands(signum, frame):
+    del signum, frame
+
+  previous = signal.signal(signal.SIGTERM, the_commands)
   try:
     with cluster.joining(distribution, checkpoint_dir=str(tmp_path)):
-      pass  # Where the strategy is created.
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+      # Where the strategy is created, and TensorFlow's handler installed.
+      signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    assert signal.getsignal(signal.SIGTERM) is the_commands
   finally:
     signal.signal(signal.SIGTERM, previous)

@@ -4,6 +4,8 @@ and the configs by name.
 A user who gives a tool a bad flag, file or config sees `error: WHAT` (one
 line, naming it) and an exit code, never a traceback; a bug still shows its
 traceback, since only the classes a tool names are caught.
+
+A signal is one line too (`stops`).
 """
 
 import importlib.util
@@ -14,6 +16,7 @@ from typing import Callable, NoReturn
 from absl import app
 
 from mnist_dist.base import errors
+from mnist_dist.base import stops
 
 # The trainer's config when --config is not given: the codelab's best model.
 DEFAULT_CONFIG_NAME = 'conv_bn'
@@ -55,9 +58,13 @@ def one_line(error: BaseException) -> str:
   return ' '.join(str(error).split())
 
 
-def fail(message: str, code: int) -> NoReturn:
-  """Prints `error: message` (`stopped: ...` for 75) and exits with code."""
-  prefix = 'stopped' if code == errors.EXIT_INTERRUPTED else 'error'
+def fail(message: str, code: int, *, stopped: bool | None = None
+         ) -> NoReturn:
+  """Prints `error: message` (`stopped: ...` for a stop: by default, code
+  75) and exits with code."""
+  if stopped is None:
+    stopped = code == errors.EXIT_INTERRUPTED
+  prefix = 'stopped' if stopped else 'error'
   print(f'{prefix}: {message}', file=sys.stderr, flush=True)
   if code == errors.EXIT_WORKER_LOST:
     # TensorFlow's aborted collectives and their threads can hold up an
@@ -68,7 +75,8 @@ def fail(message: str, code: int) -> NoReturn:
 
 def run(main: Callable[[object], None], *, flags_parser,
         exit_codes: dict[type[BaseException], int] | None = None) -> None:
-  """app.run(main), with an error of exit_codes' classes as one line.
+  """app.run(main), with an error of exit_codes' classes, or a `stops.Stopped`,
+  as one line.
 
   exit_codes: {error class: the code it exits with}, the first class that
   matches deciding; its message is the line. A tool whose lines need more
@@ -84,6 +92,10 @@ def run(main: Callable[[object], None], *, flags_parser,
       main(argv)
     except tuple(exit_codes) as e:
       fail(one_line(e), next(code for kind, code in exit_codes.items()
-                             if isinstance(e, kind)))
+                             if isinstance(e, kind)),
+           stopped=isinstance(e, errors.Interrupted))
+    except stops.Stopped as e:
+      fail(f'{e.signal_name} before the command finished; what it writes is '
+           'written whole or not at all: run it again', errors.EXIT_INTERRUPTED)
 
   app.run(main_with_exit_codes, flags_parser=flags_parser)

@@ -14,6 +14,8 @@ and exit with the class's code, never with a traceback:
   TensorFlowUnsupported
   NonFiniteError            3   diverged: the last good checkpoint is kept
   Interrupted               75  asked to stop, checkpoint saved: run again
+  TransientError            75  storage or a network failed for now (nothing
+                                lost): run again, as after a stop
   WorkerLost                76  a peer is gone: relaunch the cluster
 
 The tools that read a finished run (predict, export, plots) exit
@@ -82,14 +84,38 @@ class Interrupted(Error):
   signalled; only the chief's checkpoint is kept, so only the chief says so.
   """
 
-  def __init__(self, signal_name: str | None, step: int, *, chief: bool):
+  def __init__(self, signal_name: str | None, step: int | None, *,
+               chief: bool, trained: bool = False, what: str | None = None):
     cause = f'{signal_name} at step {step}' if signal_name else (
         f'another worker was asked to stop; all stopped at step {step}')
     saved = ('checkpoint saved' if chief
              else 'the chief saved the checkpoint')
-    super().__init__(f'{cause}: {saved}; run the same command again to '
-                     'resume')
+    then = ('make the outputs (training is done)' if trained
+            else 'resume')
+    super().__init__(what or f'{cause}: {saved}; run the same command '
+                     f'again to {then}')
     self.step = step
+
+  @classmethod
+  def outside_loops(cls, signal_name: str, *,
+                    finishing_at: int | None) -> 'Interrupted':
+    """A stop while starting (nothing trained since the newest checkpoint)
+    or while making the outputs (training done and saved)."""
+    if finishing_at is None:
+      what = (f'{signal_name} while starting, before training: nothing new '
+              'to save; run the same command again to continue')
+    else:
+      what = (f'{signal_name} while making the outputs: training is saved '
+              f'(step {finishing_at}); run the same command again to make '
+              'them')
+    return cls(signal_name, finishing_at, chief=True, what=what)
+
+
+class TransientError(Error):
+  """The workdir's storage, or a download, failed in a way a retry can help
+  (unavailable, timed out, a connection reset). Every file is written whole
+  or not at all, so nothing is lost; its code is a stop's, 75 ("try again
+  later"), which every launcher of launch/ retries."""
 
 
 class WorkerLost(Error):

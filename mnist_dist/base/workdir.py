@@ -37,6 +37,7 @@ import ml_collections
 import tensorflow as tf
 
 from mnist_dist.base import paths
+from mnist_dist.base.errors import TransientError
 from mnist_dist.base.errors import WorkdirError
 
 CONFIG = 'config.json'
@@ -220,6 +221,55 @@ def write_atomically(path: str, data: str | bytes) -> None:
     f.flush()
     os.fsync(f.fileno())
   os.replace(temporary, path)
+
+
+# What TensorFlow's messages say, lowercased, when a collective, the
+# coordination service's health check or the connection to another worker
+# failed: a peer's doing, not the store's (`cluster.peer_failures`).
+PEER_SIGNS = ('collective', 'heartbeat', 'unhealthy', 'coordination', 'grpc',
+              'socket closed', 'connection reset', 'failed to connect',
+              'from peer')
+
+
+def _names(error: BaseException, workdir: str) -> bool:
+  """Whether error is about a file of workdir: its message, or an OSError's
+  file names, say a path in it."""
+  if any(sign in str(error).lower() for sign in PEER_SIGNS):
+    return False  # A collective that failed while saving: a peer's doing.
+  places = {workdir.rstrip('/')}
+  if not paths.is_remote(workdir):
+    places.add(os.path.abspath(workdir))
+  named = [str(error), *(str(name) for name in (
+      getattr(error, 'filename', None), getattr(error, 'filename2', None))
+                         if name)]
+  return any(place in text for place in places for text in named)
+
+
+@contextlib.contextmanager
+def storage_failures(workdir: str):
+  """A storage error about a file of workdir, as one line that says whether
+  to run again (`TransientError`) or to fix the store first (WorkdirError).
+
+  Only errors that name the workdir: a storage error is this worker's own,
+  not a lost peer's (a cluster's `peer_failures` then leaves it be), and
+  anything else keeps its traceback. Every file is written whole or not at
+  all, so either way the next start continues from the last good checkpoint.
+  """
+  try:
+    yield
+  except (tf.errors.OpError, OSError) as e:
+    if not _names(e, workdir):
+      raise
+    first_line = (str(e).strip().splitlines() or [''])[0]
+    what = f'{type(e).__name__}: {first_line}'
+    if paths.is_transient(e):
+      raise TransientError(
+          f'{workdir}: its storage failed for now ({what}); run the same '
+          'command again: it continues from the last good checkpoint') from e
+    raise WorkdirError(
+        f'{workdir}: its storage failed ({what}); fix it (space, '
+        'permissions), then run the same command again: it continues from '
+        'the last good checkpoint') from e
 
 
 def check_usable(workdir: str) -> None:

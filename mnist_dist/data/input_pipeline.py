@@ -22,13 +22,16 @@ minute.
 import dataclasses
 import functools
 import math
+import sys
 
 import numpy as np
 import tensorflow as tf
 
+from mnist_dist.base import paths
 from mnist_dist.base import tf_internals
 from mnist_dist.base.errors import ConfigError
 from mnist_dist.base.errors import DataError
+from mnist_dist.base.errors import TransientError
 from mnist_dist.data import augment
 from mnist_dist.data import downloads
 from mnist_dist.data import idx
@@ -69,6 +72,28 @@ def _tfds_dataset(split: str, data_dir: str) -> tf.data.Dataset:
     return load(download=True)
 
 
+# What TFDS's loading raises for a defect in code, its own or ours: shown
+# as it is. The rest (a wrong checksum, a folder that is a file, a full
+# disk, the network) is about the data or the machine: one line.
+_BUGS = (TypeError, AttributeError, NameError, KeyError, IndexError,
+         ImportError, RecursionError, ZeroDivisionError)
+
+
+def _is_transient(error: Exception) -> bool:
+  """A download that may succeed if tried again: a connection reset or
+  timed out, or a server error (5xx), as TFDS's `requests` reports them."""
+  if paths.is_transient(error):
+    return True
+  requests = sys.modules.get('requests')
+  if requests is None:
+    return False
+  if isinstance(error, requests.exceptions.HTTPError):
+    return getattr(error.response, 'status_code', 0) >= 500
+  return isinstance(error, (requests.exceptions.ConnectionError,
+                            requests.exceptions.Timeout,
+                            requests.exceptions.ChunkedEncodingError))
+
+
 def _load_tfds(split: str, data_dir: str) -> Split:
   try:
     dataset = _tfds_dataset(split, data_dir)
@@ -76,11 +101,18 @@ def _load_tfds(split: str, data_dir: str) -> Split:
     batches = list(dataset.batch(1 << 16).as_numpy_iterator())
   except DataError:
     raise
-  except Exception as e:  # TFDS raises many kinds; all mean "no data".
+  except _BUGS:
+    raise  # A traceback: ours or TFDS's to fix, not the user's input.
+  except Exception as e:  # pylint: disable=broad-except
     # Its first line only: some (a wrong checksum) go on for several.
     message = str(e).strip().split('\n')[0]
-    raise DataError(f'tfds mnist/{split}: cannot load ({type(e).__name__}: '
-                    f'{message}); {_TO_IDX}') from e
+    what = f'{type(e).__name__}: {message}'
+    if _is_transient(e):
+      raise TransientError(f'tfds mnist/{split}: the download failed for now '
+                           f'({what}); run the same command again '
+                           f'({_TO_IDX})') from e
+    raise DataError(f'tfds mnist/{split}: cannot load ({what}); '
+                    f'{_TO_IDX}') from e
   images = np.concatenate([images for images, _ in batches])
   labels = np.concatenate([labels for _, labels in batches])
   return Split(images[..., 0], labels.astype(np.uint8))

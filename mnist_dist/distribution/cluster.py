@@ -58,7 +58,8 @@ SUM = tf.distribute.ReduceOp.SUM
 # What a collective raises on the survivors when a peer is gone: Unavailable
 # (sockets closed, or aborted by the health check), DeadlineExceeded (a peer
 # that stopped answering), Cancelled or Aborted (a collective cut short), and
-# FailedPrecondition (a peer that restarted meanwhile).
+# FailedPrecondition (a peer that restarted meanwhile); a peer's only when
+# the message says the cluster failed (`_said_by_the_cluster`).
 _PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
                 tf.errors.CancelledError, tf.errors.AbortedError,
                 tf.errors.FailedPreconditionError)
@@ -128,6 +129,18 @@ def _peer_name(message: str, cluster: dict[str, list[str]], *,
   return 'a worker'
 
 
+def _said_by_the_cluster(message: str, cluster: dict[str, list[str]], *,
+                         own: tuple[str, int] | None) -> bool:
+  """Whether a failure is the cluster's: a collective, the health check or
+  a connection says so, or the message names another task (`_TASK`, or its
+  address). The same kinds of error (Unavailable, DeadlineExceeded) also
+  come from a store, which is this worker's own failure, not a lost peer."""
+  lowered = message.lower()
+  if any(sign in lowered for sign in workdir_lib.PEER_SIGNS):
+    return True
+  return _peer_name(message, cluster, own=own) != 'a worker'
+
+
 def _tf_config_cluster(distribution_config):
   """({job: addresses}, this task) of a multi-worker run's TF_CONFIG, or
   ({}, None) for one process."""
@@ -169,6 +182,8 @@ def peer_failures(distribution_config, *, checkpoint_dir: str):
   try:
     yield whereabouts
   except _PEER_ERRORS as e:
+    if not _said_by_the_cluster(str(e), cluster, own=own):
+      raise  # Not a peer's: this worker's own (storage is one line upstream).
     peer = _peer_name(str(e), cluster, own=own)
     latest = tf.train.latest_checkpoint(checkpoint_dir)
     if not whereabouts.formed:
@@ -203,7 +218,7 @@ def joining(distribution_config, *, checkpoint_dir: str):
   the coordination service), and `peer_failures` names it.
 
   Once joined, SIGTERM ends the worker at once until training starts
-  (`_nothing_to_save_yet`).
+  (`_sigterm_as_before`).
   """
   cluster, _ = _tf_config_cluster(distribution_config)
   if not cluster:
@@ -218,12 +233,13 @@ def joining(distribution_config, *, checkpoint_dir: str):
   watchdog = subprocess.Popen(
       [sys.executable, '-c', _JOIN_WATCHDOG, str(os.getpid()),
        str(timeout_s + _JOIN_GRACE_S), line], stdin=subprocess.PIPE)
+  on_sigterm = signal.getsignal(signal.SIGTERM)
   try:
     yield
   finally:
     watchdog.stdin.close()  # Joined, or failed: either way, done waiting.
     watchdog.wait()
-  _nothing_to_save_yet()
+  _sigterm_as_before(on_sigterm)
 
 
 # Set by a supervisor (launch/local_cluster.py): where this worker says
@@ -241,16 +257,18 @@ def report_phase(phase: str) -> None:
     workdir_lib.write_atomically(path, phase)
 
 
-def _nothing_to_save_yet() -> None:
-  """SIGTERM ends this process at once until training starts.
+def _sigterm_as_before(handler) -> None:
+  """SIGTERM handled again as before the cluster formed.
 
   Creating a multi-worker strategy installs TensorFlow's SIGTERM handler
   (its preemption notifier), which only records the signal: a preempted
   worker would go on building, then hold the cluster up. Before the first
-  step there is nothing to save, so the default action is right.
+  step there is nothing to save, so the command's stop (`cli.Stopped`, one
+  line and exit 75), or the default action, is right.
   """
   if threading.current_thread() is threading.main_thread():
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # None: one installed outside Python, which cannot be put back.
+    signal.signal(signal.SIGTERM, handler or signal.SIG_DFL)
 
 
 class StopVote:

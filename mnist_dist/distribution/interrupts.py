@@ -8,17 +8,25 @@ found by another thread, the workdir's lock lost (`workdir.Lock.lost`), is
 a stop request too: the loop saves and raises that failure instead (in a
 cluster the stop vote stops every worker; the chief, which holds the lock,
 raises it).
+
+Outside the training loops (starting, restoring, making the outputs) a
+signal raises `stops.Stopped` at once, where the command installed that
+(`stops.stop_on_signals`): nothing there is worth waiting for, since the
+newest checkpoint already holds all that was trained. `stops_outside_loops`
+turns it into the same `errors.Interrupted`, exit 75: the next start
+continues, from the checkpoint, or by making the outputs again.
 """
 
 from collections.abc import Callable
 from concurrent import futures
-import os
+import contextlib
 import signal
 import threading
 
 from absl import logging
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
+from mnist_dist.base import errors
+from mnist_dist.base import stops
 
 
 class SignalWatch:
@@ -31,7 +39,7 @@ class SignalWatch:
   which keeps the handlers, and so the second signal, prompt.
   """
 
-  def __init__(self, signals=SIGNALS, *,
+  def __init__(self, signals=stops.SIGNALS, *,
                failure: Callable[[], Exception | None] = lambda: None):
     self.requested = None  # The name of the first signal received.
     self.failure = failure
@@ -52,8 +60,7 @@ class SignalWatch:
     del frame
     name = signal.Signals(signum).name
     if self.requested:
-      logging.error('Second signal (%s): exiting at once.', name)
-      os._exit(128 + signum)  # pylint: disable=protected-access
+      stops.exit_at_once(signum)
     self.requested = name
     logging.warning('%s received: stopping after the current step loop to '
                     'save a checkpoint (send it again to exit at once).', name)
@@ -69,3 +76,25 @@ class SignalWatch:
     for signum, handler in self._previous.items():
       signal.signal(signum, handler)
     self._worker.shutdown()
+
+
+class Stage:
+  """How far the run got, for the line of a stop outside the loops."""
+
+  def __init__(self):
+    self.finishing_at: int | None = None  # The step trained, once finishing.
+
+
+@contextlib.contextmanager
+def stops_outside_loops():
+  """A `stops.Stopped` inside, as `errors.Interrupted`: one line, exit 75.
+
+  Yields a Stage for the caller to mark where it is.
+  """
+  stage = Stage()
+  try:
+    yield stage
+    stops.check_stop()  # One that code on the way swallowed.
+  except stops.Stopped as stop:
+    raise errors.Interrupted.outside_loops(
+        stop.signal_name, finishing_at=stage.finishing_at) from None

@@ -129,6 +129,19 @@ def _computing_in_float32(model: keras.Model) -> keras.Model:
   return twin
 
 
+def _serving(model: keras.Model):
+  """The export's one function: uint8 images [N, 28, 28] in, scaled here as
+  in training; dropout off, batch norm frozen; float32 probabilities and
+  the classes out, whatever the model computes in."""
+
+  def serve(images):
+    logits = tf.cast(model(models.model_input(images), training=False),
+                     tf.float32)
+    return {'probabilities': tf.nn.softmax(logits),
+            'classes': tf.argmax(logits, axis=-1)}
+  return serve
+
+
 def export_saved_model(model: keras.Model, export_dir: str) -> None:
   """Writes model, softmax and argmax included, as a SavedModel to export_dir.
 
@@ -140,20 +153,11 @@ def export_saved_model(model: keras.Model, export_dir: str) -> None:
     export_dir: the SavedModel's folder (local or gs://).
   """
   model = _computing_in_float32(model)
-
-  def serve(images):
-    # uint8 in, scaled here as in training; dropout off, batch norm frozen;
-    # float32 logits whatever the model computes in.
-    logits = tf.cast(model(models.model_input(images), training=False),
-                     tf.float32)
-    return {'probabilities': tf.nn.softmax(logits),
-            'classes': tf.argmax(logits, axis=-1)}
-
   archive = keras.export.ExportArchive()
   archive.track(model)
   # Naming the endpoint serving_default makes it the one signature.
   archive.add_endpoint(
-      SIGNATURE, serve,
+      SIGNATURE, _serving(model),
       input_signature=[tf.TensorSpec([None, 28, 28], tf.uint8, name='images')])
   # Saving sets absl's logger to the verbosity absl reports, which in a
   # process that never parsed absl's flags (tests, notebooks) turns its
@@ -166,9 +170,28 @@ def export_saved_model(model: keras.Model, export_dir: str) -> None:
     absl_logger.setLevel(level)
 
 
-def load_predict_fn(
-    export_dir: str, *, batch_size: int = 1000
-) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+Predict = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def _batched(serve, batch_size: int) -> Predict:
+  def predict(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    outputs = [serve(images=tf.constant(images[i:i + batch_size]))
+               for i in range(0, len(images), batch_size)]
+    return (np.concatenate([o['probabilities'].numpy() for o in outputs]),
+            np.concatenate([o['classes'].numpy() for o in outputs]))
+  return predict
+
+
+def predict_fn(model: keras.Model, *, batch_size: int = 1000) -> Predict:
+  """predict(images) -> (probabilities, classes), as `load_predict_fn`'s,
+  computed by the export's own function on model in memory: what a run
+  draws its plots with, without loading back what it just wrote."""
+  serve = tf.function(_serving(_computing_in_float32(model)), input_signature=[
+      tf.TensorSpec([None, 28, 28], tf.uint8, name='images')])
+  return _batched(serve, batch_size)
+
+
+def load_predict_fn(export_dir: str, *, batch_size: int = 1000) -> Predict:
   """Loads an export; returns predict(images) -> (probabilities, classes).
 
   The returned function takes uint8 images [N, 28, 28] as numpy and returns
@@ -182,15 +205,10 @@ def load_predict_fn(
   """
   loaded = _load(export_dir)
 
-  def predict(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  def serve(**images):
     # Looked up here so that predict keeps `loaded`, which owns the variables.
-    serve = loaded.signatures[SIGNATURE]
-    outputs = [serve(images=tf.constant(images[i:i + batch_size]))
-               for i in range(0, len(images), batch_size)]
-    return (np.concatenate([o['probabilities'].numpy() for o in outputs]),
-            np.concatenate([o['classes'].numpy() for o in outputs]))
-
-  return predict
+    return loaded.signatures[SIGNATURE](**images)
+  return _batched(serve, batch_size)
 
 
 class SavedModel(actions.Action):

@@ -25,7 +25,9 @@ import os
 
 from absl import logging
 from absl.flags import argparse_flags
+import matplotlib.collections
 import matplotlib.colors
+import matplotlib.patches
 from matplotlib.figure import Figure
 import ml_collections
 import numpy as np
@@ -94,13 +96,16 @@ def plot_learning_rate(config: ml_collections.ConfigDict, records: list[dict],
   schedule = optimizers.learning_rate_schedule(
       config.optimizer, steps_per_epoch=steps_per_epoch,
       epochs=config.train.epochs)
-  # A few hundred steps draw the curve; Keras' cosine takes one at a time.
+  # A few hundred steps draw the curve. Keras' cosine takes one step at a
+  # time: mapped over them in one traced call, not one eager call each.
   total = config.train.epochs * steps_per_epoch
   steps = np.unique(np.linspace(0, total - 1, 400).astype(int))
+  rates = tf.function(lambda steps: tf.map_fn(
+      schedule, steps, fn_output_signature=tf.float32))(tf.constant(steps))
   figure = Figure(figsize=(7, 4), dpi=dpi, layout='constrained')
   axes = figure.subplots()
-  axes.plot(steps / steps_per_epoch, [float(schedule(s)) for s in steps],
-            color=TRAIN, label='schedule, per step')
+  axes.plot(steps / steps_per_epoch, rates.numpy(), color=TRAIN,
+            label='schedule, per step')
   recorded = np.array([r['step'] - 1 for r in records])
   axes.plot(recorded / steps_per_epoch, [r['learning_rate'] for r in records],
             'o', color=TEST, label="metrics.jsonl (each epoch's last step)")
@@ -121,10 +126,19 @@ def plot_learning_rate(config: ml_collections.ConfigDict, records: list[dict],
   _save(figure, path)
 
 
+# The digit grid's layout, in pixels of the digits: each cell a 28x28 digit
+# with a margin around it, then a line of caption for each line it has.
+_MARGIN, _CAPTION_LINE = 3, 8
+
+
 def plot_digit_grid(images: np.ndarray, captions: list[str],
                     wrong: np.ndarray, path: str, *, title: str,
                     columns: int = 10, dpi: int = DPI) -> list[int]:
   """Draws digits in a grid, each captioned; wrong ones in red, framed red.
+
+  One image of all the digits, framed and captioned on one axes: a hundred
+  axes of a digit each draw the same picture ten times slower, and this
+  picture is what stands between a run's last evaluation and its exit.
 
   Args:
     images: uint8 [N, 28, 28], MNIST's white ink on black (drawn inverted,
@@ -141,27 +155,36 @@ def plot_digit_grid(images: np.ndarray, captions: list[str],
     drawing itself rather than from `wrong`.
   """
   rows = max(1, math.ceil(len(images) / columns))
-  figure = Figure(figsize=(columns * 0.8, rows * 1.05 + 0.4), dpi=dpi,
-                  layout='constrained')
-  cells = figure.subplots(rows, columns, squeeze=False).ravel()
-  for cell in cells:
-    cell.set_axis_off()
-  for cell, image, caption, is_wrong in zip(cells, images, captions, wrong):
-    color = WRONG if is_wrong else 'black'
-    cell.set_axis_on()
-    # Nearest: crisp 28x28 pixels, and a PNG a third the size of smoothed ones.
-    cell.imshow(image, cmap='gray_r', vmin=0, vmax=255,
-                interpolation='nearest')
-    cell.set_xticks([])
-    cell.set_yticks([])
-    cell.set_xlabel(caption, color=color, fontsize=11, labelpad=2)
-    for spine in cell.spines.values():
-      spine.set(color=color if is_wrong else 'lightgray',
-                linewidth=2 if is_wrong else 0.5)
+  lines = max((caption.count('\n') + 1 for caption in captions), default=1)
+  pitch_x = 28 + 2 * _MARGIN
+  pitch_y = pitch_x + _CAPTION_LINE * lines
+  canvas = np.zeros((rows * pitch_y, columns * pitch_x), np.uint8)
+  corners = [(i % columns * pitch_x + _MARGIN, i // columns * pitch_y + _MARGIN)
+             for i in range(len(images))]
+  for (x, y), image in zip(corners, images):
+    canvas[y:y + 28, x:x + 28] = image
+  width = columns * 0.8  # Inches: the size the codelab's grids have.
+  title_height = 0.4
+  height = width * canvas.shape[0] / canvas.shape[1] + title_height
+  figure = Figure(figsize=(width, height), dpi=dpi)
+  axes = figure.add_axes((0, 0, 1, 1 - title_height / height))
+  axes.set_axis_off()
+  # Nearest: crisp 28x28 pixels, and a PNG a third the size of smoothed ones.
+  axes.imshow(canvas, cmap='gray_r', vmin=0, vmax=255,
+              interpolation='nearest')
+  colors = [WRONG if is_wrong else 'black' for is_wrong in wrong]
+  axes.add_collection(matplotlib.collections.PatchCollection(
+      [matplotlib.patches.Rectangle((x - 0.5, y - 0.5), 28, 28)
+       for x, y in corners], facecolor='none',
+      edgecolor=[WRONG if is_wrong else 'lightgray' for is_wrong in wrong],
+      linewidth=[2 if is_wrong else 0.5 for is_wrong in wrong]))
+  for (x, y), caption, color in zip(corners, captions, colors):
+    axes.text(x + 13.5, y + 28 + 1, caption, color=color, fontsize=11,
+              ha='center', va='top', linespacing=1.0)
   figure.suptitle(title)
   _save(figure, path)
-  return [i for i, cell in enumerate(cells) if cell.axison and
-          matplotlib.colors.same_color(cell.xaxis.label.get_color(), WRONG)]
+  return [i for i, text in enumerate(axes.texts)
+          if matplotlib.colors.same_color(text.get_color(), WRONG)]
 
 
 def plot_predictions(images: np.ndarray, labels: np.ndarray,
@@ -238,8 +261,15 @@ def missing(workdir: str) -> bool:
   return not tf.io.gfile.exists(os.path.join(plots_dir, last))
 
 
-def make_all(workdir: str, *, dpi: int = DPI) -> list[str]:
-  """Writes every plot that WORKDIR's files allow; returns their paths."""
+def make_all(workdir: str, *, dpi: int = DPI, model=None,
+             test: input_pipeline.Split | None = None) -> list[str]:
+  """Writes every plot that WORKDIR's files allow; returns their paths.
+
+  model, test: the trainer's model and test split, in memory, which the
+  export was just written from: the predictions are then computed on them
+  by the export's own function (`export.predict_fn`), rather than by loading
+  both back (a second of the run's end).
+  """
   config = workdir_lib.read_config(workdir)
   records = metrics_file.read_metrics(workdir)
   plots_dir = workdir_lib.path(workdir, workdir_lib.PLOTS)
@@ -260,12 +290,14 @@ def make_all(workdir: str, *, dpi: int = DPI) -> list[str]:
     logging.warning('%s: no export; no predictions', export_dir)
     return written
   try:
-    predict = export.load_predict_fn(export_dir)
+    predict = (export.predict_fn(model) if model is not None
+               else export.load_predict_fn(export_dir))
   except errors.WorkdirError as e:
     # Cut short: the trainer's next start redoes it, then these plots.
     logging.warning('%s; no predictions', e)
     return written
-  _, test = input_pipeline.load(config.data, seed=config.seed)
+  if test is None:
+    _, test = input_pipeline.load(config.data, seed=config.seed)
   probabilities, classes = predict(test.images)
   plot_predictions(test.images, test.labels, classes,
                    path('predictions.png'), dpi=dpi)
@@ -282,7 +314,9 @@ class Plots(actions.Action):
 
   def finish(self, context, *, trained):
     if trained or missing(context.workdir):
-      written = make_all(context.workdir)
+      # The model as exported: its evaluated weights, for good, by now.
+      written = make_all(context.workdir, model=context.model,
+                         test=context.splits['test'])
       logging.info('Wrote %d plots to %s', len(written),
                    workdir_lib.path(context.workdir, workdir_lib.PLOTS))
 
