@@ -40,7 +40,10 @@ def define_trainer_flags() -> flags.FlagHolder:
 
 
 def config_path(name: str) -> str:
-  """configs/NAME.py, as a path that works from any folder."""
+  """configs/NAME.py, as a path that works from any folder; a value with a /
+  or ending in .py (as the trainer's --config takes) is a file's path."""
+  if os.sep in name or name.endswith('.py'):
+    return os.path.abspath(name)
   return os.path.join(ROOT, 'configs', name + '.py')
 
 

@@ -57,7 +57,8 @@ from benchmarks import mlperf
 from benchmarks import runner
 from mnist_dist.base import workdir as workdir_lib
 
-_CONFIG = flags.DEFINE_string('config', 'fast', 'A config name of configs/.')
+_CONFIG = flags.DEFINE_string('config', 'fast', 'A config name of configs/, '
+                              'or a config file\'s path.')
 _TARGET = flags.DEFINE_float('target', 0.99, 'Test accuracy to reach.')
 _OUT = flags.DEFINE_string('out', '/tmp/time_to_accuracy', 'Output folder.')
 _SEEDS = flags.DEFINE_list('seeds', ['101', '102', '103', '104', '105'],

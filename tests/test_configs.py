@@ -211,7 +211,7 @@ def test_fast_config_is_chosen_on_a_validation_split():
 def test_fast_995_config_is_chosen_on_a_validation_split():
   config = load_config('fast_995')
   config_lib.validate(config)
-  assert config.model.name == 'conv_pool' and config.train.epochs == 8
+  assert config.model.name == 'conv_pool' and config.train.epochs == 4
   assert config.data.validation_split == 5000
   assert config.train.precision == 'mixed_bfloat16_if_native'
 

@@ -22,6 +22,7 @@ import json
 import os
 import tempfile
 from typing import Callable
+import weakref
 
 from absl import logging
 import keras
@@ -115,6 +116,10 @@ def _float32_policies(config):
   return {key: _float32_policies(value) for key, value in config.items()}
 
 
+# A mixed-precision model's float32 twin, by model, as long as it lives.
+_TWINS = weakref.WeakKeyDictionary()
+
+
 def _computing_in_float32(model: keras.Model) -> keras.Model:
   """model, or for one trained in mixed precision its float32 twin.
 
@@ -124,7 +129,10 @@ def _computing_in_float32(model: keras.Model) -> keras.Model:
   """
   if not model.dtype_policy.name.startswith('mixed_'):
     return model
-  twin = model.__class__.from_config(_float32_policies(model.get_config()))
+  twin = _TWINS.get(model)
+  if twin is None:  # Built once: the export and the plots each need it.
+    twin = _TWINS[model] = model.__class__.from_config(
+        _float32_policies(model.get_config()))
   twin.set_weights(model.get_weights())
   return twin
 
@@ -186,9 +194,8 @@ def predict_fn(model: keras.Model, *, batch_size: int = 1000) -> Predict:
   """predict(images) -> (probabilities, classes), as `load_predict_fn`'s,
   computed by the export's own function on model in memory: what a run
   draws its plots with, without loading back what it just wrote."""
-  serve = tf.function(_serving(_computing_in_float32(model)), input_signature=[
-      tf.TensorSpec([None, 28, 28], tf.uint8, name='images')])
-  return _batched(serve, batch_size)
+  # Eager: a dozen batches' ops cost less than tracing them.
+  return _batched(_serving(_computing_in_float32(model)), batch_size)
 
 
 def load_predict_fn(export_dir: str, *, batch_size: int = 1000) -> Predict:
