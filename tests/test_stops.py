@@ -112,6 +112,26 @@ def test_a_signal_while_making_the_outputs_is_a_stop_the_next_start_redoes(
   assert export.is_complete(os.path.join(workdir, 'export'))
 
 
+class _SignalTurnedIntoAnotherError(actions.Action):
+  """What TensorFlow did with a SIGINT while it traced the export (seen in
+  CI): raised an error of its own, a TypeError, in the stop's place."""
+
+  def finish(self, context, *, trained):
+    try:
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(0.05)  # Where the handler runs.
+    except KeyboardInterrupt:
+      raise TypeError('Failed to convert elements of (None, 784) to Tensor')
+
+
+def test_a_stop_that_code_on_the_way_turned_into_another_error_is_a_stop(
+    tmp_path, command_stops):
+  with pytest.raises(errors.Interrupted,
+                     match='SIGINT while making the outputs'):
+    train.train_and_evaluate(_config(), str(tmp_path), actions=[
+        _SignalTurnedIntoAnotherError()])
+
+
 def _stderr_until(process, needle: str, timeout: float = 120) -> str:
   seen, deadline = [], time.time() + timeout
   for line in process.stderr:

@@ -90,12 +90,16 @@ def run(main: Callable[[object], None], *, flags_parser,
   def main_with_exit_codes(argv):
     try:
       main(argv)
-    except tuple(exit_codes) as e:
+    except errors.Interrupted as e:
+      fail(one_line(e), errors.EXIT_INTERRUPTED)
+    except (stops.Stopped, Exception) as e:  # pylint: disable=broad-except
+      if stops.stopping():  # Whatever code on the way made of the stop.
+        fail(f'{stops.stopping()} before the command finished; what it '
+             'writes is written whole or not at all: run it again',
+             errors.EXIT_INTERRUPTED)
+      if not isinstance(e, tuple(exit_codes)):
+        raise
       fail(one_line(e), next(code for kind, code in exit_codes.items()
-                             if isinstance(e, kind)),
-           stopped=isinstance(e, errors.Interrupted))
-    except stops.Stopped as e:
-      fail(f'{e.signal_name} before the command finished; what it writes is '
-           'written whole or not at all: run it again', errors.EXIT_INTERRUPTED)
+                             if isinstance(e, kind)), stopped=False)
 
   app.run(main_with_exit_codes, flags_parser=flags_parser)

@@ -54,6 +54,13 @@ def _stop(signum, frame):
   raise Stopped(name)
 
 
+def stopping() -> str | None:
+  """The signal a Stopped was raised for, if one came: whatever exception
+  ends the command after it is what code on the way made of the stop
+  (TensorFlow, interrupted while it traces, raises its own errors)."""
+  return _stopping[0] if _stopping else None
+
+
 def check_stop() -> None:
   """Raises the `Stopped` of a signal again, if one came: for the points
   a command passes where a stop is safe, since code on the way may have
@@ -73,11 +80,11 @@ def _unraisable(hook_args) -> None:
 def _stopped_as_one_line(kind, value, traceback):
   """sys.excepthook: a Stopped nobody turned into a line (one while Python
   modules load, say) ends as one."""
-  if not issubclass(kind, Stopped):
+  if not (issubclass(kind, Stopped) or _stopping):
     sys.__excepthook__(kind, value, traceback)
     return
   sys.stdout.flush()
-  print(f'stopped: {value.signal_name} while starting; nothing was written: '
+  print(f'stopped: {stopping()} while starting; nothing was written: '
         'run the same command again', file=sys.stderr, flush=True)
   os._exit(errors.EXIT_INTERRUPTED)  # pylint: disable=protected-access
 

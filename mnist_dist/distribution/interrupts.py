@@ -95,6 +95,12 @@ def stops_outside_loops():
   try:
     yield stage
     stops.check_stop()  # One that code on the way swallowed.
-  except stops.Stopped as stop:
+  except errors.Interrupted:
+    raise
+  except (stops.Stopped, Exception):  # pylint: disable=broad-except
+    # After a signal, what ends the run is the stop, whatever code on the
+    # way (TensorFlow tracing, say) made of it.
+    if not stops.stopping():
+      raise
     raise errors.Interrupted.outside_loops(
-        stop.signal_name, finishing_at=stage.finishing_at) from None
+        stops.stopping(), finishing_at=stage.finishing_at) from None
