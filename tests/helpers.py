@@ -19,6 +19,20 @@ from mnist_dist import config as config_lib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# A cluster run's trainer flags (tests/test_cluster.py and
+# test_launcher_orphans.py): 64 steps an epoch in loops of 4, so a signal
+# after step 8 lands mid-epoch; outputs off.
+CLUSTER_RUN = ('--config=configs/dense.py', '--config.data.source=synthetic',
+               '--config.data.synthetic_train_examples=8192',
+               '--config.data.synthetic_eval_examples=1000',
+               '--config.train.epochs=2', '--config.train.steps_per_loop=4',
+               '--config.checkpoint.every_steps=1000',
+               '--config.outputs.tensorboard=False',
+               '--config.outputs.saved_model=False',
+               '--config.outputs.plots=False')
+LAUNCHER = os.path.join(ROOT, 'launch', 'local_cluster.py')
+
+
 def small_config(overrides=None):
   """A config on small synthetic data that trains in seconds.
 

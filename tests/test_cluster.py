@@ -21,6 +21,8 @@ import tensorflow as tf
 
 from helpers import assert_same_run
 from helpers import checkpoint_variables
+from helpers import CLUSTER_RUN
+from helpers import LAUNCHER
 from helpers import launch_script
 from helpers import ROOT
 from helpers import run_main
@@ -29,16 +31,6 @@ from mnist_dist.base import errors
 # Real clusters of worker processes: 10 to 50 s each.
 pytestmark = pytest.mark.slow
 
-LAUNCHER = os.path.join(ROOT, 'launch', 'local_cluster.py')
-
-# 64 steps an epoch in loops of 4: a signal after step 8 lands mid-epoch.
-_RUN = ('--config=configs/dense.py', '--config.data.source=synthetic',
-        '--config.data.synthetic_train_examples=8192',
-        '--config.data.synthetic_eval_examples=1000',
-        '--config.train.epochs=2', '--config.train.steps_per_loop=4',
-        '--config.checkpoint.every_steps=1000',
-        '--config.outputs.tensorboard=False',
-        '--config.outputs.saved_model=False', '--config.outputs.plots=False')
 _STEPS_PER_EPOCH = 64
 
 
@@ -48,7 +40,7 @@ class Launch:
   def __init__(self, workdir, *launcher_flags, trainer_flags=()):
     self.process = subprocess.Popen(
         [sys.executable, LAUNCHER, '--workers=2', *launcher_flags,
-         '--', f'--workdir={workdir}', *_RUN, *trainer_flags],
+         '--', f'--workdir={workdir}', *CLUSTER_RUN, *trainer_flags],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True)  # Its own group, as a terminal gives it.
     self.lines = []
@@ -139,7 +131,7 @@ def test_a_signalled_worker_stops_all_and_the_relaunch_resumes(
 def test_a_cluster_stopped_on_two_workers_finishes_on_one(tmp_path,
                                                           uninterrupted):
   _stop_one_worker(tmp_path, 1, signal.SIGINT)
-  single = run_main(f'--workdir={tmp_path}', *_RUN)
+  single = run_main(f'--workdir={tmp_path}', *CLUSTER_RUN)
   assert single.returncode == 0, single.stderr[-3000:]
   assert re.search(r'topology changed: the checkpoint was saved on 2 workers, '
                    r'2 replicas, this run has 1 worker, 1 replica',
@@ -259,7 +251,7 @@ class Workers:
       process = subprocess.Popen(
           [sys.executable, '-m', 'mnist_dist.main',
            f'--workdir={workdirs[index]}',
-           *_RUN, '--config.distribution.strategy=multi_worker_mirrored',
+           *CLUSTER_RUN, '--config.distribution.strategy=multi_worker_mirrored',
            *trainer_flags], cwd=ROOT, env=dict(os.environ, TF_CONFIG=tf_config),
           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
       reader = threading.Thread(target=self._read, args=(index, process))
@@ -390,7 +382,7 @@ def test_workers_that_restored_different_steps_all_exit_2(tmp_path):
   # 1's nothing. Continuing would give loops of different lengths: a hang,
   # or a chief that finishes alone.
   chief, other = tmp_path / 'host0', tmp_path / 'host1'
-  made = run_main(f'--workdir={chief}', *_RUN, timeout=120)
+  made = run_main(f'--workdir={chief}', *CLUSTER_RUN, timeout=120)
   assert made.returncode == 0, made.stderr[-3000:]
   before = sorted(os.listdir(chief / 'checkpoints'))
   workers = Workers([chief, other], 2)

@@ -22,6 +22,8 @@ import time
 import pytest
 import tensorflow as tf
 
+from helpers import CLUSTER_RUN
+from helpers import LAUNCHER
 from helpers import launch_script
 from helpers import ROOT
 from mnist_dist.base import errors
@@ -32,16 +34,6 @@ pytestmark = [
     pytest.mark.skipif(not launch_script('local_cluster').TIED,
                        reason='workers are tied to the launcher on Linux')]
 
-LAUNCHER = os.path.join(ROOT, 'launch', 'local_cluster.py')
-
-# As tests/test_cluster.py's: 64 steps an epoch in loops of 4.
-_RUN = ('--config=configs/dense.py', '--config.data.source=synthetic',
-        '--config.data.synthetic_train_examples=8192',
-        '--config.data.synthetic_eval_examples=1000',
-        '--config.train.epochs=2', '--config.train.steps_per_loop=4',
-        '--config.checkpoint.every_steps=1000',
-        '--config.outputs.tensorboard=False',
-        '--config.outputs.saved_model=False', '--config.outputs.plots=False')
 # Long enough (20 s or more) that workers left running would still be
 # training when the test looks.
 _LONG = '--config.train.epochs=30'
@@ -53,7 +45,7 @@ class Launch:
   def __init__(self, workdir, *launcher_flags, trainer_flags=()):
     self.process = subprocess.Popen(
         [sys.executable, LAUNCHER, '--workers=2', *launcher_flags,
-         '--', f'--workdir={workdir}', *_RUN, *trainer_flags],
+         '--', f'--workdir={workdir}', *CLUSTER_RUN, *trainer_flags],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         start_new_session=True)
     self.output = ''
